@@ -7,7 +7,17 @@ http://host.robots.ox.ac.uk/pascal/VOC/voc2012/
 """
 from __future__ import annotations
 
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Callable, Sequence
+
 import numpy as np
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.datasets import VOCSegmentation
+from torchvision.transforms.v2 import functional as TF
 
 from minseg.validate import IGNORE_INDEX
 
@@ -37,4 +47,217 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 VOC_PALETTE: np.ndarray = voc_colormap(256)
 """256 x 3 uint8 palette; row ``IGNORE_INDEX`` (255) is the void colour (224, 224, 192)."""
 
-__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "NUM_VOC_CLASSES", "VOC_PALETTE", "voc_colormap"]
+
+_REQUIRED = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
+
+
+def check_voc_tree(root: str | os.PathLike, split: str = "train", year: str = "2012") -> Path:
+    """Check that ``root/VOCdevkit/VOC{year}`` has what segmentation needs; return that folder.
+
+    Raises ``FileNotFoundError`` naming the first missing path and how to fix it.
+    """
+    root = Path(root)
+    voc = root / "VOCdevkit" / f"VOC{year}"
+    fix = (f"download VOC with `python -m minseg data voc --root {root}`, or generate the "
+           f"built-in set with `python -m minseg data synthetic --root {root}`")
+    if not voc.is_dir():
+        hint = ""
+        if (root / "JPEGImages").is_dir() or (root / f"VOC{year}").is_dir():
+            hint = " (pass the folder that *contains* VOCdevkit as root)"
+        raise FileNotFoundError(f"no Pascal VOC tree at {voc}{hint}; {fix}")
+    for sub in _REQUIRED:
+        if not (voc / sub).is_dir():
+            raise FileNotFoundError(f"incomplete VOC tree: missing {voc / sub}; {fix}")
+    split_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not split_file.is_file():
+        have = sorted(p.stem for p in split_file.parent.glob("*.txt"))
+        raise FileNotFoundError(f"missing split file {split_file} (splits present: {have})")
+    return voc
+
+
+def class_lut(classes: Sequence[str] | None, others: str = "background") -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Lookup table that remaps VOC ids to a class subset, and the subset's names.
+
+    ``classes`` lists VOC class names to keep (background is always id 0 and is added if
+    missing); they become ids ``1..K`` in the given order. Pixels of the other VOC classes become
+    background (``others="background"``: the model must learn that they are not a target
+    class, which is what a deployed K-class model faces) or are ignored (``others="ignore"``:
+    they cost nothing but the model never learns to reject them). 255 stays 255.
+    """
+    lut = torch.arange(256, dtype=torch.int64)
+    if classes is None:
+        return lut, VOC_CLASSES
+    names = [c for c in classes if c != "background"]
+    unknown = [c for c in names if c not in VOC_CLASSES]
+    if unknown:
+        raise ValueError(f"unknown VOC classes {unknown}; valid names: {', '.join(VOC_CLASSES[1:])}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate class names in {list(classes)}")
+    if others not in ("background", "ignore"):
+        raise ValueError(f"others must be 'background' or 'ignore', got {others!r}")
+    lut[1:NUM_VOC_CLASSES] = 0 if others == "background" else IGNORE_INDEX
+    for new_id, name in enumerate(names, start=1):
+        lut[VOC_CLASSES.index(name)] = new_id
+    return lut, ("background", *names)
+
+
+def read_mask(path: str | os.PathLike) -> torch.Tensor:
+    """Read a VOC palette PNG as an ``int64`` ``H,W`` tensor of raw ids (0..20 and 255),
+    raising ``ValueError`` naming the file for any other value or a non-palette PNG."""
+    with Image.open(path) as im:
+        if im.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette (mode 'P') PNG mask, got mode {im.mode!r}")
+        m = torch.from_numpy(np.array(im)).to(torch.int64)
+    bad = (m >= NUM_VOC_CLASSES) & (m != IGNORE_INDEX)
+    if bool(bad.any()):
+        raise ValueError(f"{path}: mask contains ids {torch.unique(m[bad]).tolist()} outside "
+                         f"0..{NUM_VOC_CLASSES - 1} and {IGNORE_INDEX}")
+    return m
+
+
+def read_annotation(path: str | os.PathLike) -> list[dict]:
+    """Objects of a VOC ``Annotations/*.xml`` file: ``[{"name", "bbox": (x0, y0, x1, y1)}]``
+    with 1-based inclusive pixel coordinates, as VOC writes them."""
+    objs = []
+    for o in ET.parse(path).getroot().iter("object"):
+        b = o.find("bndbox")
+        objs.append({"name": o.findtext("name"),
+                     "bbox": tuple(int(float(b.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")),
+                     "difficult": o.findtext("difficult", "0") == "1"})
+    return objs
+
+
+class VOCSegmentationDataset(torch.utils.data.Dataset):
+    """Pascal VOC segmentation (real or synthetic) as ``(image, mask)`` tensors.
+
+    Wraps :class:`torchvision.datasets.VOCSegmentation` for the file list and decoding, then
+    checks each mask, remaps classes (see :func:`class_lut`) and applies joint transforms
+    (``transforms(image: tv_tensors.Image, mask: tv_tensors.Mask)``, default
+    :func:`minseg.data.transforms.eval_transforms`). Returns a float ``3,H,W`` image and an
+    ``int64`` ``H,W`` mask with ids ``0..num_classes-1`` and 255 for void.
+
+    Args:
+        root: the folder that contains ``VOCdevkit``.
+        split: ``"train"``, ``"val"`` or ``"trainval"``.
+        classes: optional subset of VOC class names (see :func:`class_lut`).
+        others: what the other classes become: ``"background"`` or ``"ignore"``.
+        limit: keep at most this many images (the first ones of the split, after filtering).
+        only_with_classes: with ``classes``, keep only images showing at least one of them.
+    Dataset: Everingham et al. 2010, http://host.robots.ox.ac.uk/pascal/VOC/
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", *,
+                 classes: Sequence[str] | None = None, others: str = "background",
+                 limit: int | None = None, transforms: Callable | None = None,
+                 only_with_classes: bool = True, year: str = "2012"):
+        self.voc_dir = check_voc_tree(root, split, year)
+        self.root = Path(root)
+        self.split = split
+        self._tv = VOCSegmentation(str(root), year=year, image_set=split, download=False)
+        self.lut, self.classes = class_lut(classes, others)
+        self.voc_ids = tuple(VOC_CLASSES.index(c) for c in self.classes)
+        names = [Path(p).stem for p in self._tv.images]
+        keep = range(len(names))
+        if classes is not None and only_with_classes:
+            wanted = set(self.voc_ids[1:])
+            keep = [i for i in keep if wanted & set(read_mask(self._tv.masks[i]).unique().tolist())]
+        keep = list(keep)[:limit] if limit is not None else list(keep)
+        if not keep:
+            raise ValueError(f"no images left in {self.voc_dir} split {split!r} "
+                             f"(classes={classes}, limit={limit})")
+        self.indices = keep
+        self.names = [names[i] for i in keep]
+        if transforms is None:
+            from minseg.data.transforms import eval_transforms
+            transforms = eval_transforms()
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image_path(self, i: int) -> Path:
+        return Path(self._tv.images[self.indices[i]])
+
+    def mask_path(self, i: int) -> Path:
+        return Path(self._tv.masks[self.indices[i]])
+
+    def instance_path(self, i: int) -> Path:
+        return self.voc_dir / "SegmentationObject" / f"{self.names[i]}.png"
+
+    def annotation_path(self, i: int) -> Path:
+        return self.voc_dir / "Annotations" / f"{self.names[i]}.xml"
+
+    def raw(self, i: int) -> tuple[np.ndarray, torch.Tensor]:
+        """The untransformed RGB ``uint8`` image ``H,W,3`` and the remapped mask ``H,W``."""
+        with Image.open(self.image_path(i)) as im:
+            img = np.array(im.convert("RGB"))
+        return img, self.lut[read_mask(self.mask_path(i))]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        with Image.open(self.image_path(i)) as im:
+            image = tv_tensors.Image(TF.pil_to_tensor(im.convert("RGB")))
+        mask = tv_tensors.Mask(self.lut[read_mask(self.mask_path(i))])
+        image, mask = self.transforms(image, mask)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+
+# --------------------------------------------------------------------------- opt-in download
+VOC2012_TRAINVAL = {
+    "filename": "VOCtrainval_11-May-2012.tar",
+    "md5": "6cd6e144f989b92b3379bac3b3de84fd",
+    "size_gb": 1.9,
+    "urls": (
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+        "http://d2l-data.s3-accelerate.amazonaws.com/VOCtrainval_11-May-2012.tar",
+    ),
+}
+
+
+def download_voc(root: str | os.PathLike, *, urls: Sequence[str] | None = None,
+                 keep_archive: bool = False, progress: bool = True) -> Path:
+    """Download and extract Pascal VOC 2012 trainval into ``root`` (opt-in; about 2 GB).
+
+    Tries the official host, its new location and a known mirror in turn, verifies the md5
+    that torchvision also checks, resumes partial downloads and removes a corrupt archive.
+    Offline, the error says where to put the tar by hand. Returns ``root``.
+    """
+    from minseg.data.download import DownloadError, download, extract_tar
+
+    root = Path(root)
+    try:
+        check_voc_tree(root, "val")
+        return root  # already downloaded and extracted
+    except FileNotFoundError:
+        pass
+    info = VOC2012_TRAINVAL
+    archive = root / info["filename"]
+    try:
+        download(urls or info["urls"], archive, info["md5"], progress=progress)
+    except DownloadError as e:
+        raise DownloadError(
+            f"{e}\nOffline or blocked? Download {info['filename']} ({info['size_gb']} GB, md5 "
+            f"{info['md5']}) on another machine and put it at {archive}, then run this command "
+            f"again: it verifies the file and extracts it.") from None
+    extract_tar(archive, root)
+    if not keep_archive:
+        archive.unlink()
+    check_voc_tree(root, "val")
+    return root
+
+
+def find_voc(root: str | os.PathLike | None = None) -> Path | None:
+    """The folder containing ``VOCdevkit/VOC2012`` under ``root`` (default the data dir), or None."""
+    from minseg.config import data_dir
+
+    for cand in ([Path(root)] if root else [data_dir(), data_dir() / "voc"]):
+        try:
+            check_voc_tree(cand, "val")
+            return cand
+        except FileNotFoundError:
+            continue
+    return None

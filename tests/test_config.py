@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+import minseg
+from minseg.config import PROFILE_NAMES, profile, seed_everything
+
+
+def test_profiles_are_frozen_and_print_on_one_line():
+    for name in PROFILE_NAMES:
+        p = profile(name)
+        assert p.name == name
+        text = str(p)
+        assert "\n" not in text and text.startswith(f"Profile[{name}]")
+        with pytest.raises(Exception):
+            p.epochs = 3  # frozen dataclass
+
+
+def test_profile_from_environment(monkeypatch):
+    monkeypatch.setenv("MINSEG_PROFILE", "cpu")
+    assert profile().name == "cpu"
+    monkeypatch.delenv("MINSEG_PROFILE")
+    assert profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def test_unknown_profile_lists_valid_ones(monkeypatch):
+    monkeypatch.setenv("MINSEG_PROFILE", "turbo")
+    with pytest.raises(ValueError, match="smoke, cpu, gpu"):
+        profile()
+
+
+def test_smoke_is_smallest():
+    s, c = profile("smoke"), profile("cpu")
+    assert s.image_size <= c.image_size and s.num_train < c.num_train
+    assert s.time_budget_s < c.time_budget_s
+
+
+def test_seed_everything_repeats():
+    g1 = seed_everything(3)
+    a = torch.rand(4), torch.rand(2, generator=g1)
+    g2 = seed_everything(3)
+    b = torch.rand(4), torch.rand(2, generator=g2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_top_level_exports():
+    assert minseg.IGNORE_INDEX == 255
+    assert len(minseg.VOC_CLASSES) == 21
+    assert minseg.device().type in ("cpu", "cuda", "mps")
