@@ -1,0 +1,97 @@
+"""Pyramid pooling and PSPNet (Zhao et al., "Pyramid Scene Parsing Network", arXiv:1612.01105)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from minseg.blocks import conv_bn_relu, resize
+from minseg.models.backbones import make_encoder
+from minseg.validate import check_images, check_num_classes
+
+
+class PyramidPooling(nn.Module):
+    """The pyramid pooling module (PSPNet, arXiv:1612.01105, Sec. 3.2).
+
+    For each ``b`` in ``bins`` the features are average-pooled to a ``b x b`` grid (the whole
+    image, halves, thirds, sixths), reduced by a 1x1 conv to ``branch_ch`` channels
+    (default ``in_ch / len(bins)``), upsampled back bilinearly and concatenated with the input:
+    every pixel sees its own features plus summaries of the regions around it at four scales.
+    Output channels: ``in_ch + len(bins) * branch_ch`` (``out_channels``).
+
+    The ``b = 1`` branch has no BatchNorm (its conv has a bias instead): a 1x1 pooled map gives
+    BatchNorm one value per channel per image, which fails in training with batch size 1;
+    the other bins have at least 4 values per channel and keep their BatchNorm.
+    """
+
+    def __init__(self, in_ch: int, bins: Sequence[int] = (1, 2, 3, 6), branch_ch: int | None = None):
+        super().__init__()
+        branch_ch = branch_ch or max(1, in_ch // len(bins))
+        self.branches = nn.ModuleList()
+        for b in bins:
+            if b == 1:
+                reduce: nn.Module = nn.Sequential(nn.Conv2d(in_ch, branch_ch, 1), nn.ReLU(inplace=True))
+            else:
+                reduce = conv_bn_relu(in_ch, branch_ch, 1)
+            self.branches.append(nn.Sequential(nn.AdaptiveAvgPool2d(b), reduce))
+        self.out_channels = in_ch + len(bins) * branch_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        return torch.cat([x] + [resize(branch(x), size) for branch in self.branches], dim=1)
+
+
+class LocalContext(nn.Module):
+    """The "no pyramid pooling" ablation for PSPNet (arXiv:1612.01105): concatenate the input
+    with a 1x1 ``conv_bn_relu`` of itself. Same output shape and weight count as
+    :class:`PyramidPooling` with ``extra_ch = len(bins) * branch_ch``, but no pooling, hence
+    no context beyond the encoder's own receptive field."""
+
+    def __init__(self, in_ch: int, extra_ch: int):
+        super().__init__()
+        self.conv = conv_bn_relu(in_ch, extra_ch, 1)
+        self.out_channels = in_ch + extra_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.conv(x)], dim=1)
+
+
+class PSPNet(nn.Module):
+    """PSPNet (arXiv:1612.01105): a dilated encoder (output stride 8), :class:`PyramidPooling`,
+    a 3x3 conv, dropout and a 1x1 classifier, upsampled bilinearly to the input size.
+
+    ``use_ppm=False`` replaces the pyramid by :class:`LocalContext` of the same size (lesson
+    12). ``head_channels`` defaults to ``4 * width`` from scratch and 256 on a torchvision
+    backbone (the paper uses 512 on ResNet-101). The paper's auxiliary loss is left out.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
+                 bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
+                 head_channels: int | None = None, dropout: float = 0.1,
+                 backbone: str | None = None, pretrained: bool = False, output_stride: int = 8):
+        super().__init__()
+        check_num_classes(num_classes)
+        self.in_channels = in_channels
+        self.encoder = make_encoder(backbone, in_channels, width, pretrained, output_stride)
+        c = self.encoder.channels[-1]
+        branch_ch = max(1, c // len(bins))
+        ctx = PyramidPooling(c, bins, branch_ch) if use_ppm else LocalContext(c, len(bins) * branch_ch)
+        self.context = ctx
+        h = head_channels or (4 * width if backbone is None else 256)
+        self.classifier = nn.Sequential(conv_bn_relu(ctx.out_channels, h, 3), nn.Dropout(dropout),
+                                        nn.Conv2d(h, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, channels=self.in_channels)
+        y = self.classifier(self.context(self.encoder(x)[-1]))
+        return resize(y, x.shape[-2:])
+
+
+def pspnet(num_classes: int, width: int = 16, in_channels: int = 3,
+           bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
+           head_channels: int | None = None, dropout: float = 0.1, backbone: str | None = None,
+           pretrained: bool = False, output_stride: int = 8) -> PSPNet:
+    """PSPNet (arXiv:1612.01105); see :class:`PSPNet`."""
+    return PSPNet(num_classes, width, in_channels, bins, use_ppm, head_channels, dropout,
+                  backbone, pretrained, output_stride)

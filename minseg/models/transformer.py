@@ -1,0 +1,185 @@
+"""A small SegFormer (Xie et al., "SegFormer: Simple and Efficient Design for Semantic
+Segmentation with Transformers", arXiv:2105.15203).
+
+A hierarchical transformer encoder ("Mix Transformer") produces features at strides 4, 8,
+16, 32 from overlapping patch embeddings, efficient self-attention (keys and values taken
+from a spatially reduced map) and Mix-FFNs (an MLP with a depthwise 3x3 conv, which also
+gives the position information, so there is no positional embedding and any input size
+works). A light all-MLP decoder fuses the four levels at stride 4.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minseg.blocks import conv_bn_relu, resize
+from minseg.validate import check_images, check_num_classes
+
+
+def _to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``N, H*W, C`` tokens -> ``N, C, H, W`` map."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
+class OverlapPatchEmbed(nn.Module):
+    """A strided conv whose kernel is larger than its stride (7/4 for the first stage, 3/2
+    after), so neighbouring patches overlap, then LayerNorm; returns tokens and the grid size
+    (SegFormer, arXiv:2105.15203, Sec. 3.1; ViT's patches do not overlap, arXiv:2010.11929)."""
+
+    def __init__(self, in_ch: int, dim: int, kernel: int, stride: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_ch, dim, kernel, stride=stride, padding=kernel // 2)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head self-attention whose keys/values come from the map shrunk ``sr`` times per
+    side by a strided conv (SegFormer Sec. 3.1; PVT, arXiv:2102.12122): cost
+    ``O(N^2 / sr^2)`` instead of ``O(N^2)`` for ``N`` tokens. The map is zero-padded to a
+    multiple of ``sr`` so that small inputs work."""
+
+    def __init__(self, dim: int, heads: int, sr: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}")
+        self.heads, self.sr = heads, sr
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        if sr > 1:
+            self.reduce = nn.Conv2d(dim, dim, sr, stride=sr)
+            self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n, t, c = x.shape
+        q = self.q(x)
+        if self.sr > 1:
+            m = _to_map(x, h, w)
+            m = F.pad(m, (0, -w % self.sr, 0, -h % self.sr))
+            x = self.norm(self.reduce(m).flatten(2).transpose(1, 2))
+        k, v = self.kv(x).chunk(2, dim=-1)
+        # N, tokens, C -> N, heads, tokens, C/heads
+        q, k, v = (z.reshape(n, -1, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(y.transpose(1, 2).reshape(n, t, c))
+
+
+class MixFFN(nn.Module):
+    """Linear -> depthwise 3x3 conv -> GELU -> Linear (SegFormer, arXiv:2105.15203, Sec. 3.1).
+    The 3x3 conv leaks position through zero padding, replacing positional embeddings."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = self.dw(_to_map(self.fc1(x), h, w)).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block (arXiv:1706.03762, as in SegFormer arXiv:2105.15203):
+    ``x + attn(norm(x))``, then ``x + ffn(norm(x))``."""
+
+    def __init__(self, dim: int, heads: int, sr: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientSelfAttention(dim, heads, sr)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = MixFFN(dim, mlp_ratio * dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), h, w)
+        return x + self.ffn(self.norm2(x), h, w)
+
+
+class MixTransformerStage(nn.Module):
+    """One Mix Transformer stage (arXiv:2105.15203): patch embedding, ``depth`` transformer
+    blocks, LayerNorm; returns an ``N,C,H,W`` map."""
+
+    def __init__(self, in_ch: int, dim: int, depth: int, heads: int, sr: int, kernel: int,
+                 stride: int, mlp_ratio: int = 4):
+        super().__init__()
+        self.embed = OverlapPatchEmbed(in_ch, dim, kernel, stride)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, sr, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, h, w = self.embed(x)
+        for block in self.blocks:
+            x = block(x, h, w)
+        return _to_map(self.norm(x), h, w)
+
+
+class SegFormer(nn.Module):
+    """A small SegFormer (arXiv:2105.15203): a 4-stage Mix Transformer encoder and the all-MLP
+    decoder (each level linearly projected to ``decoder_dim``, upsampled to stride 4,
+    concatenated, fused by a 1x1 conv + BN + ReLU, classified by a 1x1 conv), then bilinear
+    upsampling to the input size.
+
+    Stage widths ``w, 2w, 5w, 8w`` with ``1, 2, 5, 8`` heads (so every head has ``w``
+    channels), spatial reductions ``8, 4, 2, 1``, ``depths`` blocks per stage; ``w = 32``,
+    ``depths=(2, 2, 2, 2)`` and ``decoder_dim=256`` is SegFormer-B0 (3.7 M weights). Default
+    ``w = 16`` and ``decoder_dim = 8w``. It has its own encoder, so ``backbone`` must be None.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
+                 depths: Sequence[int] = (2, 2, 2, 2), decoder_dim: int | None = None,
+                 mlp_ratio: int = 4, dropout: float = 0.1, backbone: str | None = None,
+                 pretrained: bool = False):
+        super().__init__()
+        check_num_classes(num_classes)
+        if backbone is not None or pretrained:
+            raise ValueError("segformer has its own encoder; backbone must be None and "
+                             "pretrained False")
+        self.in_channels = in_channels
+        dims = [width * m for m in (1, 2, 5, 8)]
+        heads, srs = (1, 2, 5, 8), (8, 4, 2, 1)
+        self.stages = nn.ModuleList()
+        cin = in_channels
+        for i, (dim, depth) in enumerate(zip(dims, depths)):
+            kernel, stride = (7, 4) if i == 0 else (3, 2)
+            self.stages.append(MixTransformerStage(cin, dim, depth, heads[i], srs[i], kernel,
+                                                   stride, mlp_ratio))
+            cin = dim
+        d = decoder_dim or 8 * width
+        # A per-pixel Linear is a 1x1 conv; written as one to stay in N,C,H,W.
+        self.linears = nn.ModuleList(nn.Conv2d(dim, d, 1) for dim in dims)
+        self.fuse = conv_bn_relu(len(dims) * d, d, 1)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Conv2d(d, num_classes, 1))
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, channels=self.in_channels)
+        feats, y = [], x
+        for stage in self.stages:
+            y = stage(y)
+            feats.append(y)
+        size = feats[0].shape[-2:]
+        y = torch.cat([resize(lin(f), size) for lin, f in zip(self.linears, feats)], dim=1)
+        return resize(self.classifier(self.fuse(y)), x.shape[-2:])
+
+
+def segformer(num_classes: int, width: int = 16, in_channels: int = 3,
+              depths: Sequence[int] = (2, 2, 2, 2), decoder_dim: int | None = None,
+              mlp_ratio: int = 4, dropout: float = 0.1, backbone: str | None = None,
+              pretrained: bool = False) -> SegFormer:
+    """A small SegFormer (arXiv:2105.15203); see :class:`SegFormer`."""
+    return SegFormer(num_classes, width, in_channels, depths, decoder_dim, mlp_ratio, dropout,
+                     backbone, pretrained)

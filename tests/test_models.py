@@ -1,0 +1,291 @@
+"""Every registered model: shapes at odd sizes, gradients, batch size 1, a tiny overfit, bad
+input; parity of ASPP with torchvision's and of the Linear -> conv conversion."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minseg.models import (ASPP, BACKBONES, MODELS, DenseClassifier, VGGClassifier, build_model,
+                           count_parameters, deeplabv3, fcn8s, fully_convolutional,
+                           linear_to_conv1x1, pspnet, unet)
+from minseg.models.backbones import torchvision_backbone
+
+NAMES = list(MODELS)
+W = 4  # tiny width: the tests check wiring, not accuracy
+
+
+def tiny(name, num_classes=3, **kw):
+    torch.manual_seed(0)
+    return build_model(name, num_classes, width=W, **kw)
+
+
+def test_registry_has_the_lesson_models():
+    assert {"fcn32s", "fcn16s", "fcn8s", "unet", "deeplabv3", "pspnet", "fastscnn",
+            "segformer"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_odd_sizes_give_input_size(name):
+    model = tiny(name, 5)
+    for h, w in [(97, 131), (33, 47)]:
+        assert model(torch.randn(2, 3, h, w)).shape == (2, 5, h, w)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_finite_gradient(name):
+    model = tiny(name)
+    F.cross_entropy(model(torch.randn(2, 3, 37, 45)), torch.randint(0, 3, (2, 37, 45))).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}.{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}.{pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_size_one_eval_and_train(name):
+    model = tiny(name)
+    x = torch.randn(1, 3, 33, 47)
+    model.eval()
+    with torch.no_grad():
+        assert model(x).shape == (1, 3, 33, 47)
+    model.train()  # ASPP's and PPM's image-level branches must not need batch statistics
+    out = model(x)
+    assert out.shape == (1, 3, 33, 47) and torch.isfinite(out).all()
+
+
+def overfit_data(n=4, size=32, num_classes=4):
+    """Each image mostly one class with a square of another; colour (plus noise) marks the class."""
+    g = torch.Generator().manual_seed(0)
+    mask = torch.empty(n, size, size, dtype=torch.long)
+    for i in range(n):
+        mask[i] = i % num_classes
+        y0, x0 = torch.randint(0, size // 2, (2,), generator=g).tolist()
+        mask[i, y0:y0 + size // 2, x0:x0 + size // 2] = (i + 1) % num_classes
+    colours = torch.randn(num_classes, 3, generator=g)
+    x = colours[mask].permute(0, 3, 1, 2) + 0.3 * torch.randn(n, 3, size, size, generator=g)
+    return x, mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tiny_overfit(name):
+    x, y = overfit_data()
+    model = tiny(name, 4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def test_build_model_records_how_to_rebuild():
+    model = build_model("unet", 3, width=W, skips=False)
+    assert model.minseg_name == "unet" and model.minseg_kwargs == {"width": W, "skips": False}
+    rebuilt = build_model(model.minseg_name, 3, **model.minseg_kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unet") as e:
+        build_model("segnet", 3)
+    assert all(n in str(e.value) for n in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_num_classes_below_two_raises(name):
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model(name, 1, width=W)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_images_raise(name):
+    model = tiny(name)
+    with pytest.raises(ValueError, match="batch dimension"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="3 channels"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="floating"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_in_channels():
+    model = build_model("unet", 3, width=W, in_channels=1)
+    assert model(torch.randn(1, 1, 21, 23)).shape == (1, 3, 21, 23)
+    with pytest.raises(ValueError, match="1 channels"):
+        model(torch.randn(1, 3, 21, 23))
+
+
+def test_unknown_upsampler_and_backbone():
+    with pytest.raises(ValueError, match="pixelshuffle"):
+        unet(3, width=W, up="deconv")
+    with pytest.raises(ValueError, match="pixelshuffle"):
+        build_model("fcn32s", 3, up="deconv")
+    with pytest.raises(ValueError, match="resnet18"):
+        deeplabv3(3, backbone="vgg16")
+    for name in ("fastscnn", "segformer"):
+        with pytest.raises(ValueError, match="own encoder"):
+            build_model(name, 3, backbone="resnet18")
+    with pytest.raises(ValueError, match="pretrained"):
+        pspnet(3, pretrained=True)
+
+
+# --- ablation switches -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [dict(skips=False), dict(depth=2), dict(up="bilinear"),
+                                dict(up="pixelshuffle"), dict(skips=False, up="bilinear"),
+                                dict(up_kwargs=dict(kernel_size=4, bilinear_init=True))])
+def test_unet_switches(kw):
+    assert unet(3, width=W, **kw)(torch.randn(1, 3, 29, 35)).shape == (1, 3, 29, 35)
+
+
+@pytest.mark.parametrize("up", ["bilinear", "pixelshuffle"])
+def test_fcn_upsamplers(up):
+    assert fcn8s(3, width=W, up=up)(torch.randn(1, 3, 29, 35)).shape == (1, 3, 29, 35)
+
+
+def test_plain_heads_have_similar_size():
+    with_aspp, plain = deeplabv3(21, width=16), deeplabv3(21, width=16, use_aspp=False)
+    assert abs(count_parameters(plain) / count_parameters(with_aspp) - 1) < 0.05
+    assert plain(torch.randn(2, 3, 33, 47)).shape == (2, 21, 33, 47)
+    with_ppm, local = pspnet(21, width=16), pspnet(21, width=16, use_ppm=False)
+    assert abs(count_parameters(local) / count_parameters(with_ppm) - 1) < 0.05
+    assert local(torch.randn(2, 3, 33, 47)).shape == (2, 21, 33, 47)
+    assert pspnet(3, width=W, bins=(1, 3))(torch.randn(1, 3, 33, 47)).shape == (1, 3, 33, 47)
+
+
+def test_deeplab_rates_and_output_stride():
+    m = deeplabv3(3, width=W, rates=(6, 12, 18), output_stride=16)
+    assert m.encoder.strides[-1] == 16
+    assert m(torch.randn(1, 3, 65, 67)).shape == (1, 3, 65, 67)
+
+
+# --- parity ----------------------------------------------------------------------------------
+
+def test_aspp_matches_torchvision():
+    from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
+
+    torch.manual_seed(0)
+    theirs = TorchvisionASPP(16, (2, 4, 6), out_channels=8)
+    for m in theirs.modules():  # non-trivial BatchNorm statistics, so they are tested too
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    ours = ASPP(16, 8, (2, 4, 6), pool_norm="batch")
+    ours.load_state_dict(theirs.state_dict())  # same layout, strict
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 16, 13, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_aspp_batch_one_training():
+    x = torch.randn(1, 16, 9, 9)
+    for norm in ("none", "group"):
+        assert ASPP(16, 8, (1, 2), pool_norm=norm).train()(x).shape == (1, 8, 9, 9)
+    with pytest.raises(ValueError, match="more than 1 value"):  # why "batch" is not the default
+        ASPP(16, 8, (1, 2), pool_norm="batch").train()(x)
+
+
+def test_linear_to_conv1x1_identical_logits():
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 5)
+    feat = torch.randn(3, 8, 1, 1)
+    conv = linear_to_conv1x1(linear, 8)
+    assert conv.kernel_size == (1, 1)
+    torch.testing.assert_close(conv(feat).flatten(1), linear(feat.flatten(1)))
+    # A Linear on a flattened 4x3x2 map is a 3x2 conv; on a larger map it slides.
+    linear = nn.Linear(4 * 3 * 2, 5)
+    feat = torch.randn(2, 4, 3, 2)
+    conv = linear_to_conv1x1(linear, 4, 3, 2)
+    torch.testing.assert_close(conv(feat).flatten(1), linear(feat.flatten(1)))
+    assert conv(torch.randn(2, 4, 7, 9)).shape == (2, 5, 5, 8)
+    with pytest.raises(ValueError, match="inputs"):
+        linear_to_conv1x1(linear, 4)
+
+
+def test_classifier_becomes_fully_convolutional():
+    torch.manual_seed(0)
+    clf = VGGClassifier(5, width=W).eval()
+    x = torch.randn(2, 3, 96, 128)
+    dense = fully_convolutional(clf)
+    assert isinstance(dense, DenseClassifier)
+    with torch.no_grad():
+        logits, scores = clf(x), dense.score_map(x)
+        assert logits.shape == (2, 5) and scores.shape == (2, 5, 3, 4)
+        # Pooling and the head are linear: averaging the score map gives the logits exactly.
+        torch.testing.assert_close(scores.mean(dim=(2, 3)), logits, atol=1e-5, rtol=1e-5)
+        assert dense(torch.randn(1, 3, 97, 131)).shape == (1, 5, 97, 131)
+
+
+# --- torchvision backbones (random weights; never downloaded in tests) -----------------------
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_backbone_stages(name):
+    enc = torchvision_backbone(name)
+    feats = enc(torch.randn(1, 3, 65, 67))
+    assert [f.shape[1] for f in feats] == enc.channels
+    assert [f.shape[-1] for f in feats] == [-(-67 // s) for s in (2, 4, 8, 16, 32)]
+    enc = torchvision_backbone(name, output_stride=8)
+    assert enc.strides == [2, 4, 8, 8, 8]
+    assert enc(torch.randn(1, 3, 65, 67))[-1].shape[-1] == -(-67 // 8)
+
+
+@pytest.mark.parametrize("name,backbone", [("deeplabv3", "mobilenet_v3_large"), ("pspnet", "resnet18"),
+                                           ("unet", "resnet18"), ("fcn8s", "resnet18"),
+                                           ("deeplabv3", "resnet18")])
+def test_models_on_backbones(name, backbone):
+    model = build_model(name, 3, backbone=backbone)
+    out = model(torch.randn(2, 3, 45, 53))
+    assert out.shape == (2, 3, 45, 53)
+    out.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_backbone_in_channels():
+    model = build_model("deeplabv3", 3, backbone="resnet18", in_channels=1, output_stride=16)
+    assert model(torch.randn(1, 1, 40, 40)).shape == (1, 3, 40, 40)
+
+
+# --- parameter table ------------------------------------------------------------------------
+
+def test_parameter_table_at_default_width(capsys):
+    rows = [(name, count_parameters(build_model(name, 21))) for name in NAMES]
+    with capsys.disabled():
+        print("\n| model | params (21 classes, default width) |\n|---|---:|")
+        for name, n in rows:
+            print(f"| {name} | {n:,} |")
+    for name, n in rows:
+        assert 2e5 < n < 3e6, f"{name} has {n:,} parameters at default width"
+
+
+def test_pretrained_only_when_asked(monkeypatch):
+    """No download in tests: a stand-in for torchvision's builder records what it was asked."""
+    import torchvision
+
+    real = torchvision.models.resnet18
+    asked, nets = [], []
+
+    def fake(weights=None):
+        asked.append(weights)
+        if weights is not None and len(asked) > 2:
+            raise OSError("offline")
+        nets.append(real(weights=None))  # stands in for the pretrained network
+        nets[-1].rgb_filters = nets[-1].conv1.weight.detach().clone()
+        return nets[-1]
+
+    monkeypatch.setattr(torchvision.models, "resnet18", fake)
+    build_model("deeplabv3", 3, backbone="resnet18")
+    enc = torchvision_backbone("resnet18", pretrained=True, in_channels=1)
+    assert asked == [None, "DEFAULT"]
+    # A 1-channel input gets the mean of the RGB filters, rescaled.
+    conv, rgb = enc.stages[0][0], nets[-1].rgb_filters
+    assert conv.in_channels == 1
+    torch.testing.assert_close(conv.weight, rgb.mean(dim=1, keepdim=True) * 3)
+    with pytest.raises(RuntimeError, match="TORCH_HOME"):
+        torchvision_backbone("resnet18", pretrained=True)
