@@ -1,0 +1,43 @@
+"""Repository-wide pytest hooks: a timing guard for the notebooks run by nbval.
+
+Every notebook's wall time (the sum of its cells) is reported at the end of the run; a notebook
+slower than ``MINSEG_NOTEBOOK_BUDGET_S`` (default 60 s, the smoke-profile budget in DESIGN.md,
+doubled when the machine is busy via the variable) fails the run.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+_times: dict[str, float] = defaultdict(float)
+
+
+def _budget() -> float:
+    return float(os.environ.get("MINSEG_NOTEBOOK_BUDGET_S", "60"))
+
+
+def pytest_runtest_logreport(report):
+    # setup + call + teardown of every cell; the kernel starts in the first cell's setup
+    path = report.nodeid.split("::")[0]
+    if path.endswith(".ipynb"):
+        _times[path] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _times:
+        return
+    tr = terminalreporter
+    tr.section("notebook times (timing guard)")
+    budget = _budget()
+    for nb, t in sorted(_times.items()):
+        flag = "  OVER BUDGET" if t > budget else ""
+        tr.write_line(f"{t:7.1f} s  {nb}{flag}")
+    tr.write_line(f"{sum(_times.values()):7.1f} s  all {len(_times)} notebooks (budget {budget:.0f} s each)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    over = {nb: t for nb, t in _times.items() if t > _budget()}
+    if over and session.exitstatus == 0:
+        session.exitstatus = 1
+        print(f"\nnotebooks over the {_budget():.0f} s budget: " +
+              ", ".join(f"{nb} ({t:.0f} s)" for nb, t in over.items()))

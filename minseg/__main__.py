@@ -1,0 +1,241 @@
+"""Command line: ``python -m minseg <command>`` (or ``minseg <command>`` once installed).
+
+Commands:
+  demo    train a small model on the built-in data, report mIoU, save a figure
+  data    generate the synthetic VOC-format set, or download Pascal VOC 2012 (opt-in)
+  train   train any registered model on synthetic data or VOC, with checkpoints
+  eval    evaluate a checkpoint (optionally with multi-scale / flip test-time augmentation)
+  quiz    interview drill: multiple choice, numeric and open questions, spaced repetition
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_profile(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=("smoke", "cpu", "gpu"), default=None,
+                   help="sizes and budgets: smoke (seconds, CI), cpu (a laptop, minutes), gpu "
+                        "(Pascal VOC on CUDA). Default: $MINSEG_PROFILE, else gpu if CUDA "
+                        "is available, else cpu")
+
+
+def _parse_classes(text: str | None) -> list[str] | None:
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
+def _load_data(cfg, data: str, root: str | None, classes, batch_size=None, augment=True):
+    from minseg.data import build_loaders, data_root, find_voc
+
+    if data == "voc":
+        root = root or find_voc()
+        if root is None:
+            raise SystemExit("Pascal VOC not found. Download it with `python -m minseg data voc "
+                             "--root DIR` and set MINSEG_DATA=DIR, or pass --root DIR.")
+    elif root is None:
+        root = data_root(cfg.replace(data="synthetic"))
+    return build_loaders(cfg, root=root, classes=classes, batch_size=batch_size, augment=augment)
+
+
+def cmd_data(args) -> int:
+    from minseg.config import profile
+    from minseg.data import download_voc, make_synthetic_voc
+
+    if args.what == "voc":
+        from minseg.config import data_dir
+
+        root = Path(args.root) if args.root else data_dir()
+        print(f"downloading Pascal VOC 2012 trainval (about 2 GB) into {root}")
+        download_voc(root)
+        print(f"done: {root}/VOCdevkit/VOC2012 (set MINSEG_DATA={root} to use it)")
+        return 0
+    cfg = profile(args.profile)
+    t0 = time.perf_counter()
+    root = make_synthetic_voc(args.root, num_train=args.num_train or cfg.num_train,
+                              num_val=args.num_val or cfg.num_val,
+                              image_size=args.image_size or cfg.image_size, seed=args.seed)
+    print(f"synthetic VOC tree at {root} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from minseg.config import profile, seed_everything
+    from minseg.models import build_model, count_parameters
+    from minseg.train import evaluate, fit
+    from minseg.viz import plot_curves, show_grid
+
+    cfg = profile(args.profile)
+    print(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    train_loader, val_loader = _load_data(cfg, "synthetic", None, None)
+    ds = val_loader.dataset
+    print(f"data: {len(train_loader.dataset)} train / {len(ds)} val images of the built-in "
+          f"synthetic VOC set at {ds.root} ({time.perf_counter() - t0:.1f}s)")
+    seed_everything(cfg.seed)
+    model = build_model(args.model, ds.num_classes, width=cfg.width)
+    print(f"model: {args.model}, {count_parameters(model) / 1e6:.2f} M parameters")
+    budget = args.budget if args.budget is not None else cfg.time_budget_s
+    # Train until the budget is spent; the poly schedule follows the fraction of the budget
+    # used, so the learning rate has decayed when time is up.
+    history = fit(model, train_loader, None, num_classes=ds.num_classes,
+                  epochs=args.epochs or 10**6, lr=args.lr, time_budget_s=budget,
+                  budget_schedule=args.epochs is None, seed=cfg.seed, device=cfg.device)
+    results = evaluate(model, val_loader, ds.num_classes, device=cfg.device)
+    train_s = history[-1]["time_s"] if history else 0.0
+    print(f"trained {history[-1]['step'] if history else 0} steps in {train_s:.0f}s; "
+          f"val mIoU {results['miou']:.3f}, pixel accuracy {results['pixel_acc']:.3f}")
+    from minseg.infer import predict
+
+    images, masks = next(iter(val_loader))
+    preds = predict(model, images[:4].to(cfg.device)).argmax(1).cpu()
+    fig = show_grid(images[:4], masks[:4], preds, class_names=ds.classes)
+    fig.savefig(out / "predictions.png", dpi=100)
+    plot_curves(history, keys=["loss", "lr"]).savefig(out / "curves.png", dpi=100)
+    (out / "results.json").write_text(json.dumps(
+        {"profile": cfg.name, "model": args.model, "miou": results["miou"],
+         "pixel_acc": results["pixel_acc"], "steps": history[-1]["step"] if history else 0,
+         "train_s": train_s, "total_s": time.perf_counter() - t0}, indent=1))
+    print(f"saved {out / 'predictions.png'}, {out / 'curves.png'} and {out / 'results.json'} "
+          f"(total {time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from minseg.config import profile, seed_everything
+    from minseg.models import build_model, count_parameters
+    from minseg.train import fit
+
+    cfg = profile(args.profile)
+    if args.image_size:
+        cfg = cfg.replace(image_size=args.image_size)
+    print(cfg)
+    train_loader, val_loader = _load_data(cfg, args.data, args.root, _parse_classes(args.classes),
+                                          args.batch_size)
+    num_classes = train_loader.dataset.num_classes
+    seed_everything(args.seed)
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    kwargs.setdefault("width", cfg.width)
+    model = build_model(args.model, num_classes, **kwargs)
+    print(f"model {args.model} ({count_parameters(model) / 1e6:.2f} M parameters), "
+          f"{num_classes} classes: {', '.join(train_loader.dataset.classes)}")
+    history = fit(model, train_loader, val_loader, num_classes=num_classes,
+                  epochs=args.epochs if args.max_steps is None else None, max_steps=args.max_steps,
+                  loss=args.loss, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+                  device=cfg.device, amp=cfg.amp or None, channels_last=cfg.channels_last or None,
+                  seed=args.seed, checkpoint_dir=args.out, resume=args.resume,
+                  time_budget_s=args.budget)
+    if history:
+        last = history[-1]
+        print(f"done: epoch {last['epoch']}, step {last['step']}, val mIoU "
+              f"{last.get('miou', float('nan')):.3f}; checkpoints in {args.out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from minseg.config import profile
+    from minseg.data import VOC_CLASSES
+    from minseg.train import evaluate, load_model_from_checkpoint
+
+    cfg = profile(args.profile)
+    model, meta = load_model_from_checkpoint(args.checkpoint)
+    classes = meta.get("classes")
+    subset = [c for c in classes if c != "background"] if classes and tuple(classes) != VOC_CLASSES else None
+    _, val_loader = _load_data(cfg, args.data, args.root, subset)
+    scales = tuple(float(s) for s in args.scales.split(","))
+    res = evaluate(model, val_loader, val_loader.dataset.num_classes, device=cfg.device,
+                   scales=scales, flip=args.flip)
+    names = val_loader.dataset.classes
+    print(f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice {res['mdice']:.4f}"
+          f"  ({res['time_s']:.1f}s, scales={scales}, flip={args.flip})")
+    for name, iou in zip(names, res["iou"].tolist()):
+        print(f"  {name:>12s}  IoU {iou:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m minseg", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `python -m minseg COMMAND --help` for a command's options.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a small model on the built-in data and show results",
+                       description="Generate (or reuse) the synthetic VOC-format dataset, train a "
+                                   "small model for a fixed time budget, evaluate mIoU on val and "
+                                   "save a figure of predictions. Under 2 minutes on 2 CPU cores.")
+    _add_profile(p)
+    p.add_argument("--model", default="unet", help="model name (see minseg.models.MODELS)")
+    p.add_argument("--budget", type=float, default=None, help="training seconds (default: profile)")
+    p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (AdamW)")
+    p.add_argument("--out", default="runs/demo", help="folder for the figures and results.json")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="generate the synthetic set or download Pascal VOC",
+                       description="`data synthetic` writes the built-in VOC-format dataset; "
+                                   "`data voc` downloads Pascal VOC 2012 trainval (2 GB, md5 "
+                                   "checked, mirrors tried in turn).")
+    p.add_argument("what", choices=("synthetic", "voc"))
+    p.add_argument("--root", default=None, help="target folder (default: $MINSEG_DATA or ~/.cache/minseg)")
+    _add_profile(p)
+    p.add_argument("--num-train", type=int, default=None)
+    p.add_argument("--num-val", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a model with checkpoints",
+                       description="Train any registered model. Checkpoints go to --out after every "
+                                   "epoch; --resume continues from the latest one. Works under "
+                                   "torchrun for several GPUs or machines.")
+    _add_profile(p)
+    p.add_argument("--model", default="unet")
+    p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"skips": false}\'')
+    p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
+    p.add_argument("--root", default=None, help="folder containing VOCdevkit (default: auto)")
+    p.add_argument("--classes", default=None, help="comma-separated VOC class subset, e.g. person,car")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--loss", default="ce", help="ce, focal, dice or ce+dice")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
+    p.add_argument("--budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/train", help="checkpoint folder")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint",
+                       description="Evaluate a checkpoint written by `train` on the val split, "
+                                   "optionally with multi-scale and flip test-time augmentation.")
+    p.add_argument("--checkpoint", required=True)
+    _add_profile(p)
+    p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
+    p.add_argument("--root", default=None)
+    p.add_argument("--scales", default="1.0", help="comma-separated, e.g. 0.75,1,1.25")
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
+    p.set_defaults(func=cmd_eval)
+    from minseg.quiz.cli import add_parser as _add_quiz
+    _add_quiz(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
