@@ -130,7 +130,9 @@ def plot_curves(history: Mapping[str, Sequence[float]] | Sequence[Mapping[str, f
     if not isinstance(history, Mapping):
         rows = list(history)
         history = {k: [r.get(k, float("nan")) for r in rows] for k in (rows[0] if rows else {})}
-    keys = [k for k in (keys or history) if k not in ("epoch", "step")]
+    if keys is None:      # the curves worth a panel; timing columns only when asked for
+        keys = [k for k in ("loss", "val_loss", "miou", "pixel_acc", "lr") if k in history]
+        keys = keys or [k for k in history if k not in ("epoch", "step")]
     fig, axes = _figure(1, max(1, len(keys)), (3.2 * max(1, len(keys)), 2.6))
     axes = axes[0]
     x = history.get("epoch") or list(range(1, len(next(iter(history.values()), [])) + 1))

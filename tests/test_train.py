@@ -177,6 +177,19 @@ def test_evaluate_equals_a_hand_accumulated_confusion_matrix():
     assert not model.training
 
 
+def test_evaluate_with_test_time_augmentation_uses_predict():
+    from minseg.infer import predict
+
+    ds = blob_data(10, size=20, seed=4)
+    model = tiny_net(seed=2)
+    cm = ConfusionMatrix(3)
+    for x, y in loader(ds, 4, False):
+        cm.update(predict(model, x, scales=(0.75, 1.25), flip=True), y)
+    res = evaluate(model, loader(ds, 4, False), 3, scales=(0.75, 1.25), flip=True)
+    assert torch.equal(res["confusion_matrix"], cm.mat)
+    assert not torch.equal(res["confusion_matrix"], evaluate(model, ds, 3)["confusion_matrix"])
+
+
 def test_evaluate_with_a_loss_and_a_torchvision_style_output():
     class DictOut(nn.Module):
         def __init__(self):

@@ -26,17 +26,18 @@ def _to_float_normalized() -> list:
 
 
 def train_transforms(size: int, scale: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5,
-                     jitter: float = 0.2) -> v2.Compose:
+                     jitter: float = 0.2, hue: float = 0.0) -> v2.Compose:
     """Training augmentation: random rescale, ``size x size`` crop (mask padded with 255),
-    horizontal flip, colour jitter on the image only, then float conversion and ImageNet
-    normalisation."""
+    horizontal flip, colour jitter on the image only (brightness, contrast, saturation; hue
+    only when ``hue > 0``, since the RGB-HSV round trip costs more than the rest of the
+    pipeline on a CPU), then float conversion and ImageNet normalisation."""
     lo, hi = max(1, int(size * scale[0])), max(2, int(size * scale[1]))
     steps = [v2.RandomResize(lo, hi + 1),
              v2.RandomCrop(size, pad_if_needed=True, fill=_FILL),
              v2.RandomHorizontalFlip(hflip)]
     if jitter > 0:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter,
-                                    hue=min(0.5, jitter / 4)))
+                                    hue=min(0.5, hue) if hue > 0 else None))
     return v2.Compose(steps + _to_float_normalized())
 
 
