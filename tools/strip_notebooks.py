@@ -42,7 +42,10 @@ def _dump(nb: dict) -> str:
 def notebooks(paths: list[str]) -> list[Path]:
     out = []
     for p in map(Path, paths):
-        out += sorted(p.rglob("*.ipynb")) if p.is_dir() else [p]
+        if p.is_dir():
+            out += sorted(p.rglob("*.ipynb"))
+        elif p.exists():
+            out.append(p)
     return [p for p in out if ".ipynb_checkpoints" not in p.parts]
 
 
