@@ -225,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
     from minseg.quiz.cli import add_parser as _add_quiz
     _add_quiz(sub)
+    from minseg.grading.cli import add_parsers as _add_grading
+    _add_grading(sub)
     return parser
 
 

@@ -1,0 +1,79 @@
+"""Exercise 09 (boundaries): boundary pixels, tolerance bands and boundary F1."""
+from __future__ import annotations
+
+import torch
+
+from minseg.grading.checks._common import blobs, rng
+from minseg.grading.tasks import Case, Task, exact
+from minseg.metrics import boundary_mask, distance_to_mask
+
+SLUG = "09_boundaries"
+TITLE = "Why boundaries are hard"
+
+
+def _label_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex09.labels")
+    cases = [Case({"labels": blobs(g, 7, 9, 4)}, "a 7x9 label map of rectangles"),
+             Case({"labels": blobs(g, 6, 6, 5, ignore_border=True)}, "a 6x6 map with 255 pixels"),
+             Case({"labels": torch.stack([blobs(g, 5, 8, 3), blobs(g, 5, 8, 3)])}, "a batch 2x5x8"),
+             Case({"labels": torch.zeros(4, 5, dtype=torch.long)}, "a single class (no boundary)")]
+    return cases
+
+
+def _mask_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex09.masks")
+    out = []
+    for h, w, p, r in [(7, 8, 0.06, 1.0), (9, 9, 0.04, 1.5), (8, 10, 0.05, 2.5), (6, 6, 0.1, 0.0),
+                       (5, 7, 0.0, 2.0)]:
+        m = torch.rand(h, w, generator=g) < p
+        out.append(Case({"mask": m, "radius": r}, f"{h}x{w} mask with {int(m.sum())} pixels, radius {r}"))
+    return out
+
+
+def _ref_near(mask: torch.Tensor, radius: float) -> torch.Tensor:
+    return torch.isfinite(distance_to_mask(mask, radius))
+
+
+def _f1_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex09.f1")
+    out = []
+    for tol, note in [(1.0, "tolerance 1"), (2.0, "tolerance 2"), (0.0, "tolerance 0")]:
+        t = blobs(g, 10, 12, 3)
+        p = t.clone()
+        p[torch.rand(10, 12, generator=g) < 0.15] = 1
+        out.append(Case({"pred_boundary": boundary_mask(p), "target_boundary": boundary_mask(t),
+                         "tolerance": tol}, f"10x12 boundary maps, {note}"))
+    e = torch.zeros(5, 5, dtype=torch.bool)
+    out.append(Case({"pred_boundary": e, "target_boundary": e.clone(), "tolerance": 1.0},
+                    "both maps empty (F1 = 1)"))
+    b = e.clone()
+    b[2, 1:4] = True
+    out.append(Case({"pred_boundary": e.clone(), "target_boundary": b, "tolerance": 1.0},
+                    "empty prediction (F1 = 0)"))
+    return out
+
+
+def _ref_f1(pred_boundary, target_boundary, tolerance):
+    n_p, n_t = int(pred_boundary.sum()), int(target_boundary.sum())
+    if n_p == 0 and n_t == 0:
+        return 1.0
+    p = int((pred_boundary & _ref_near(target_boundary, tolerance)).sum()) / n_p if n_p else 1.0
+    r = int((target_boundary & _ref_near(pred_boundary, tolerance)).sum()) / n_t if n_t else 1.0
+    return 2 * p * r / (p + r) if p + r > 0 else 0.0
+
+
+TASKS = [
+    Task("ex09.boundary_mask", "boundary_mask", 2,
+         "bool map of pixels whose label differs from one of their 4 neighbours inside the "
+         "image (both sides of an edge; works for H,W and N,H,W)",
+         _label_cases, boundary_mask, compare=exact(),
+         hint="compare each pixel with its right and lower neighbour; mark both pixels"),
+    Task("ex09.near", "near", 2,
+         "bool map of pixels within Euclidean distance `radius` of a True pixel of `mask`",
+         _mask_cases, _ref_near, compare=exact(),
+         hint="distance <= radius, e.g. loop over offsets (dy, dx) with dy^2 + dx^2 <= radius^2"),
+    Task("ex09.boundary_f1", "boundary_f1", 2,
+         "F1 of boundary maps: precision = matched predicted / predicted boundary pixels, "
+         "recall = matched target / target pixels, matched within `tolerance`; empty side = 1",
+         _f1_cases, _ref_f1, hint="F1 = 2PR / (P + R), 0 when P + R = 0"),
+]

@@ -1,0 +1,55 @@
+"""Exercise 10 (class imbalance): pixel counts, median frequency and inverse frequency weights."""
+from __future__ import annotations
+
+import torch
+
+from minseg.grading.checks._common import blobs, rng
+from minseg.grading.tasks import Case, Task
+from minseg.losses import class_frequencies, class_weights
+
+SLUG = "10_class_imbalance"
+TITLE = "Class imbalance"
+
+
+def _mask_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex10.masks")
+    out = []
+    for n, c, ignore, note in [(2, 3, False, "2 images"), (4, 5, True, "4 images, void borders"),
+                               (3, 6, True, "3 images, some classes in one image only")]:
+        masks = torch.stack([blobs(g, 8, 9, c, count=k + 1, ignore_border=ignore) for k in range(n)])
+        out.append(Case({"masks": masks, "num_classes": c}, f"masks {n}x8x9, {c} classes, {note}"))
+    return out
+
+
+def _count_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex10.counts")
+    out = []
+    for c, zeros, note in [(4, [], "4 classes"), (5, [3], "5 classes, class 3 never occurs"),
+                           (6, [0, 4], "6 classes, two absent (even number present)")]:
+        counts = torch.randint(1, 5000, (c,), generator=g)
+        counts[zeros] = 0
+        totals = counts + torch.randint(1, 20000, (c,), generator=g)
+        totals[zeros] = 0
+        out.append(Case({"counts": counts, "image_pixels": totals}, note))
+    return out
+
+
+TASKS = [
+    Task("ex10.class_pixel_counts", "class_pixel_counts", 1,
+         "return (counts, image_pixels): pixels of each class, and the valid pixels of the "
+         "images in which that class occurs, ignoring 255",
+         _mask_cases,
+         lambda masks, num_classes: class_frequencies(masks, num_classes, per_image_totals=True),
+         hint="loop over the images: an image adds its valid pixel count to every class it contains"),
+    Task("ex10.median_frequency_weights", "median_frequency_weights", 2,
+         "median frequency balancing: freq_c = counts_c / image_pixels_c, w_c = median(freq) / "
+         "freq_c over classes that occur, 0 for classes that never occur",
+         lambda seed: _count_cases(seed),
+         lambda counts, image_pixels: class_weights(counts, "median", image_pixels),
+         hint="take the median over the present classes only; with an even number, average the "
+              "two middle values (torch.quantile(x, 0.5))"),
+    Task("ex10.inverse_frequency_weights", "inverse_frequency_weights", 1,
+         "w_c = total / (K * counts_c) over the K classes that occur, 0 for absent classes",
+         lambda seed: [Case({"counts": c.inputs["counts"]}, c.note) for c in _count_cases(seed)],
+         lambda counts: class_weights(counts, "inverse")),
+]

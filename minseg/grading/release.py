@@ -1,0 +1,155 @@
+"""``release``: student notebooks from solution notebooks.
+
+In every code cell, each region from a ``### BEGIN SOLUTION`` line to the next
+``### END SOLUTION`` line (inclusive) becomes one line, at the indentation of the BEGIN
+marker::
+
+    raise NotImplementedError("ex06.miou: <the task's prompt>")
+
+The task is the one whose ``function`` is the ``def`` enclosing the region (looked up in the
+exercise's checks module); a region outside any graded function gets a generic message. In
+markdown cells a region becomes ``*Your answer here.*``. Outputs, execution counts and
+notebook metadata (except kernelspec and language info) are removed, the same way
+``tools/strip_notebooks.py`` cleans notebooks. Deterministic and idempotent: releasing a
+released notebook changes nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+KEEP_META = ("kernelspec", "language_info")
+_DEF = re.compile(r"^(\s*)(?:async\s+)?def\s+(\w+)\s*\(")
+
+
+class ReleaseError(ValueError):
+    """A solution notebook with unbalanced markers."""
+
+
+def _lines(source) -> list[str]:
+    text = "".join(source) if isinstance(source, list) else str(source)
+    return text.splitlines(keepends=True)
+
+
+def _indent(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
+
+
+def _enclosing_def(lines: list[str], indent: str) -> str | None:
+    for line in reversed(lines):
+        m = _DEF.match(line)
+        if m and len(m.group(1)) < len(indent):
+            return m.group(2)
+    return None
+
+
+def strip_regions(source, messages: dict[str, str], default: str, markdown: bool = False,
+                  where: str = "") -> list[str]:
+    """The cell source with every solution region replaced (see the module docstring)."""
+    lines, out, i = _lines(source), [], 0
+    while i < len(lines):
+        line, stripped = lines[i], lines[i].strip()
+        if stripped.startswith(END):
+            raise ReleaseError(f"{where}: '{END}' without '{BEGIN}'")
+        if not stripped.startswith(BEGIN):
+            out.append(line)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and not lines[j].strip().startswith(END):
+            if lines[j].strip().startswith(BEGIN):
+                raise ReleaseError(f"{where}: nested '{BEGIN}'")
+            j += 1
+        if j == len(lines):
+            raise ReleaseError(f"{where}: '{BEGIN}' without '{END}'")
+        indent = _indent(line)
+        if markdown:
+            out.append(f"{indent}*Your answer here.*\n")
+        else:
+            name = _enclosing_def(out, indent)
+            msg = messages.get(name, default) if name else default
+            out.append(f"{indent}raise NotImplementedError({json.dumps(msg, ensure_ascii=False)})\n")
+        i = j + 1
+    if out and lines and not lines[-1].endswith("\n"):
+        out[-1] = out[-1].rstrip("\n")
+    return out
+
+
+def release_notebook(nb: dict, exercise: str | None, messages: dict[str, str], where: str = "") -> dict:
+    """The student version of one notebook (a new dict)."""
+    nb = json.loads(json.dumps(nb))
+    default = f"{exercise or 'exercise'}: replace this line with your code"
+    for k, cell in enumerate(nb.get("cells", [])):
+        cell.get("metadata", {}).pop("execution", None)
+        kind = cell.get("cell_type")
+        if kind in ("code", "markdown"):
+            cell["source"] = strip_regions(cell.get("source", ""), messages, default,
+                                           markdown=kind == "markdown", where=f"{where} cell {k + 1}")
+        if kind == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    meta = {k: v for k, v in nb.get("metadata", {}).items() if k in KEEP_META}
+    meta.setdefault("kernelspec", {"display_name": "Python 3", "language": "python", "name": "python3"})
+    nb["metadata"] = meta
+    return nb
+
+
+def dumps(nb: dict) -> str:
+    """Notebook JSON exactly as ``tools/strip_notebooks.py`` writes it."""
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def _messages(exercise: str | None, checks) -> dict[str, str]:
+    if exercise is None:
+        return {}
+    from minseg.grading.checks import get_exercise
+
+    return {t.function: f"{t.id}: {t.prompt}" for t in get_exercise(exercise, checks).tasks}
+
+
+def released_text(path: str | os.PathLike, checks=None) -> str:
+    """The released form of the notebook at ``path``, as text."""
+    from minseg.grading.checks import exercise_for_notebook
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    ex = exercise_for_notebook(path, text, checks)
+    return dumps(release_notebook(json.loads(text), ex, _messages(ex, checks), where=str(path)))
+
+
+def release(src: str | os.PathLike = "solutions", dst: str | os.PathLike = "exercises", *,
+            check: bool = False, checks=None, verbose: bool = False) -> list[Path]:
+    """Release every ``src/*.ipynb`` into ``dst`` (same file names).
+
+    Returns the notebooks of ``dst`` that were (``check=False``) or would be (``check=True``)
+    written because they differed, plus, with ``check=True``, notebooks in ``dst`` that have no
+    source in ``src``. Files are only rewritten when their text changes.
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"no solutions folder {src}")
+    sources = sorted(p for p in src.glob("*.ipynb"))
+    changed: list[Path] = []
+    if not check:
+        dst.mkdir(parents=True, exist_ok=True)
+    for p in sources:
+        target = dst / p.name
+        text = released_text(p, checks)
+        old = target.read_text(encoding="utf-8") if target.exists() else None
+        if old != text:
+            changed.append(target)
+            if not check:
+                target.write_text(text, encoding="utf-8")
+        if verbose:
+            print(f"{'differs' if check and old != text else 'wrote' if old != text else 'same'}: {target}")
+    names = {p.name for p in sources}
+    extra = [p for p in sorted(dst.glob("*.ipynb")) if p.name not in names] if dst.is_dir() else []
+    if check:
+        changed += extra
+    elif extra and verbose:
+        for p in extra:
+            print(f"warning: {p} has no source in {src} (not removed)")
+    return changed
