@@ -175,3 +175,39 @@ def make_upsampler(kind: str, in_ch: int, out_ch: int, scale: int = 2, **kw) -> 
     if kind not in UPSAMPLERS:
         raise ValueError(f"unknown upsampler {kind!r}; valid kinds are {', '.join(UPSAMPLERS)}")
     return UPSAMPLERS[kind](in_ch, out_ch, scale, **kw)
+
+
+def checkerboard_index(y: torch.Tensor, period: int = 2, border: int = 2,
+                       eps: float = 1e-6) -> float:
+    """How much of a map's variation repeats with the pixel position modulo ``period``: the
+    signature of checkerboard artifacts (Odena et al., https://distill.pub/2016/deconv-checkerboard/).
+
+    ``y`` is ``N,C,H,W`` (or ``H,W``). Each map ``y[n, c]`` loses ``border`` pixels on every side
+    (zero padding makes the border differ), is cut to a multiple of ``period``, and its pixels are
+    grouped by phase ``(row % period, col % period)``. The index of the map is the variance of the
+    ``period**2`` group means divided by the map's variance: the share of the variance explained
+    by the phase, in [0, 1]. A pure periodic pattern (e.g. a random transposed convolution applied
+    to a constant input) scores 1; a smooth map scores close to 0 (noise gives about
+    ``period**2 / pixels``); a map whose variance is below ``eps`` times its mean square (constant
+    up to rounding) scores 0. Returns the mean over all maps.
+    """
+    if y.ndim == 2:
+        y = y[None, None]
+    if y.ndim != 4:
+        raise ValueError(f"y must have shape N,C,H,W or H,W; got {tuple(y.shape)}")
+    if period < 2:
+        raise ValueError(f"period must be >= 2, got {period}")
+    y = y.detach().double()
+    if border:
+        y = y[..., border:-border, border:-border]
+    h, w = (y.shape[-2] // period) * period, (y.shape[-1] // period) * period
+    if h == 0 or w == 0:
+        raise ValueError(f"the map is too small for period {period} after cropping {border} px")
+    y = y[..., :h, :w]
+    total = y.flatten(2).var(2, unbiased=False)                              # N,C
+    phases = y.reshape(*y.shape[:2], h // period, period, w // period, period)
+    means = phases.mean(dim=(2, 4)).flatten(2)                               # N,C,period^2
+    between = means.var(2, unbiased=False)
+    flat = total <= eps * y.flatten(2).pow(2).mean(2)
+    index = torch.where(flat, torch.zeros_like(total), between / total.clamp_min(1e-300))
+    return float(index.mean())

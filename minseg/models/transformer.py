@@ -183,3 +183,60 @@ def segformer(num_classes: int, width: int = 16, in_channels: int = 3,
     """A small SegFormer (arXiv:2105.15203); see :class:`SegFormer`."""
     return SegFormer(num_classes, width, in_channels, depths, decoder_dim, mlp_ratio, dropout,
                      backbone, pretrained)
+
+
+def attention_weights(attn: EfficientSelfAttention, x: torch.Tensor, h: int, w: int
+                      ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The attention probabilities an :class:`EfficientSelfAttention` computes on tokens ``x``
+    (``N, h*w, C``, as its ``forward`` receives them): ``softmax(Q K^T / sqrt(d))`` of shape
+    ``N, heads, h*w, hk*wk``, and the key grid ``(hk, wk)`` (the map shrunk ``sr`` times per
+    side, so each key stands for an ``sr x sr`` patch of query cells). ``forward`` multiplies
+    these by the values (through ``F.scaled_dot_product_attention``, which never materialises
+    them); this function recomputes them explicitly, for pictures (lesson 19)."""
+    n, t, c = x.shape
+    q = attn.q(x)
+    hk, wk = h, w
+    if attn.sr > 1:
+        m = F.pad(_to_map(x, h, w), (0, -w % attn.sr, 0, -h % attn.sr))
+        m = attn.reduce(m)
+        hk, wk = m.shape[-2:]
+        x = attn.norm(m.flatten(2).transpose(1, 2))
+    k, _ = attn.kv(x).chunk(2, dim=-1)
+    d = c // attn.heads
+    q = q.reshape(n, t, attn.heads, d).transpose(1, 2)
+    k = k.reshape(n, -1, attn.heads, d).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1), (int(hk), int(wk))
+
+
+@torch.no_grad()
+def attention_maps(model: SegFormer, images: torch.Tensor, stage: int = 0, block: int = -1
+                   ) -> dict:
+    """Attention probabilities of one block of a :class:`SegFormer` on ``images``.
+
+    Runs the model once (eval mode) with a hook on block ``block`` of stage ``stage`` and
+    returns ``{"weights": N x heads x (h*w) x (hk*wk), "grid": (h, w), "key_grid": (hk, wk),
+    "stride": the stage's stride in input pixels}``: row ``i*w + j`` is where the query token
+    at cell ``(i, j)`` looks, over the spatially reduced key grid (see
+    :func:`attention_weights`).
+    """
+    if not isinstance(model, SegFormer):
+        raise ValueError(f"attention_maps needs a SegFormer, got {type(model).__name__}")
+    st = model.stages[stage]
+    attn = st.blocks[block].attn
+    found: dict = {}
+
+    def hook(module, args, output):
+        x, h, w = args
+        found["weights"], found["key_grid"] = attention_weights(module, x, h, w)
+        found["grid"] = (int(h), int(w))
+
+    was_training = model.training
+    model.eval()
+    handle = attn.register_forward_hook(hook)
+    try:
+        model(images)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    found["stride"] = images.shape[-2] / found["grid"][0]
+    return found

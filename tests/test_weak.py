@@ -1,0 +1,238 @@
+"""Weak labels derived from full masks: points, scribbles, boxes, tags and CAM pseudo-labels."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from minseg.weak import (ANNOTATION_COST, TagClassifier, WeakLabelDataset, annotation_seconds,
+                         boxes_from_instances, boxes_to_masks, cam_pseudo_labels_for,
+                         cam_to_pseudo_labels, class_activation_maps, fit_classifier,
+                         image_label_counts, label_quality, points_from_mask,
+                         scribbles_from_mask, tag_f1, tags_from_mask)
+
+IGN = 255
+
+
+def toy_mask() -> torch.Tensor:
+    """Background 0 with a void band, a 6x8 block of class 3 and a 5x5 block of class 7."""
+    m = torch.zeros(20, 24, dtype=torch.long)
+    m[2:8, 3:11] = 3
+    m[12:17, 14:19] = 7
+    m[1, 3:11] = IGN
+    return m
+
+
+def test_points_keep_their_class_and_are_deterministic():
+    m = toy_mask()
+    p = points_from_mask(m, points_per_class=2, seed=5)
+    labelled = p != IGN
+    assert p.dtype == torch.long and p.shape == m.shape
+    assert torch.equal(p[labelled], m[labelled])              # every label is right
+    assert not bool((m[labelled] == IGN).any())               # void is never labelled
+    for c in (0, 3, 7):
+        assert int((p == c).sum()) == 2                       # 2 points per class
+    assert torch.equal(p, points_from_mask(m, points_per_class=2, seed=5))
+    assert not torch.equal(p, points_from_mask(m, points_per_class=2, seed=6))
+    # no background points when asked; more points than pixels: every pixel
+    q = points_from_mask(m, 1, seed=0, include_background=False)
+    assert set(torch.unique(q).tolist()) == {3, 7, IGN}
+    tiny = torch.tensor([[0, 0], [0, 1]])
+    assert int((points_from_mask(tiny, 3, seed=0) == 1).sum()) == 1
+
+
+def test_points_radius_stays_inside_the_class_and_per_object():
+    m = toy_mask()
+    p = points_from_mask(m, 1, seed=1, radius=2)
+    labelled = p != IGN
+    assert torch.equal(p[labelled], m[labelled])
+    assert 1 < int((p == 7).sum()) <= 13                      # a disk of radius 2 has 13 px
+    # two objects of class 3 (instances 1 and 2): one point each
+    m2 = torch.zeros(10, 10, dtype=torch.long)
+    m2[1:4, 1:4] = 3
+    m2[6:9, 6:9] = 3
+    inst = torch.zeros_like(m2)
+    inst[1:4, 1:4] = 1
+    inst[6:9, 6:9] = 2
+    q = points_from_mask(m2, 1, seed=0, instances=inst)
+    assert int((q == 3).sum()) == 2 and int((q == 0).sum()) == 1
+    assert int(((q == 3) & (inst == 1)).sum()) == 1 and int(((q == 3) & (inst == 2)).sum()) == 1
+
+
+def test_points_reject_bad_input():
+    with pytest.raises(ValueError):
+        points_from_mask(torch.zeros(4, 4), 1)                # float mask
+    with pytest.raises(ValueError):
+        points_from_mask(toy_mask(), 0)
+    with pytest.raises(ValueError):
+        points_from_mask(toy_mask(), 1, instances=torch.zeros(3, 3, dtype=torch.long))
+
+
+def test_scribbles_are_sparse_correct_and_cover_every_region():
+    m = toy_mask()
+    s = scribbles_from_mask(m, seed=3, vertices=3, width=1, margin=1)
+    labelled = s != IGN
+    assert torch.equal(s[labelled], m[labelled])
+    assert set(torch.unique(s[labelled]).tolist()) == {0, 3, 7}
+    assert 0 < int(labelled.sum()) < 0.25 * m.numel()
+    assert torch.equal(s, scribbles_from_mask(m, seed=3, vertices=3, width=1, margin=1))
+    wide = scribbles_from_mask(m, seed=3, vertices=3, width=3, margin=1)
+    assert int((wide != IGN).sum()) > int(labelled.sum())
+    assert torch.equal(wide[wide != IGN], m[wide != IGN])
+    # regions smaller than min_area get no scribble
+    assert not bool((scribbles_from_mask(m, seed=0, min_area=40) == 7).any())
+
+
+def test_boxes_from_instances_and_boxes_to_masks():
+    m = toy_mask()
+    inst = torch.zeros_like(m)
+    inst[m == 3], inst[m == 7], inst[1, 3:11] = 1, 2, IGN
+    boxes = boxes_from_instances(m, inst)
+    assert boxes == [(3, 3, 2, 10, 7), (7, 14, 12, 18, 16)]
+    filled = boxes_to_masks(boxes, (20, 24))
+    assert torch.equal(filled == 3, m == 3) and torch.equal(filled == 7, m == 7)  # boxes = blocks
+    assert set(torch.unique(filled).tolist()) == {0, 3, 7}
+    # a small box inside a large one is drawn last, whatever the order given
+    nested = [(2, 4, 4, 5, 5), (1, 0, 0, 9, 9)]
+    out = boxes_to_masks(nested, (10, 10))
+    assert int((out == 2).sum()) == 4 and int((out == 1).sum()) == 96
+    assert torch.equal(out, boxes_to_masks(nested[::-1], (10, 10)))
+    # inner region with a void rim: 10x10 box, inner 0.6 -> 6x6 centred
+    rim = boxes_to_masks([(5, 0, 0, 9, 9)], (12, 12), inner=0.6)
+    assert int((rim == 5).sum()) == 36 and bool((rim[2:8, 2:8] == 5).all())
+    assert int((rim == IGN).sum()) == 64 and int((rim == 0).sum()) == 44
+    with pytest.raises(ValueError):
+        boxes_to_masks([(1, 5, 0, 4, 3)], (10, 10))            # x0 > x1
+    with pytest.raises(ValueError):
+        boxes_to_masks([(1, 0, 0, 10, 3)], (10, 10))           # outside
+
+
+def test_tags_from_mask():
+    m = toy_mask()
+    t = tags_from_mask(m, 10)
+    assert t.dtype == torch.bool and t.nonzero().flatten().tolist() == [3, 7]
+    batch = torch.stack([m, torch.zeros_like(m)])
+    tb = tags_from_mask(batch, 10)
+    assert tb.shape == (2, 10) and tb[1].sum() == 0 and torch.equal(tb[0], t)
+    with pytest.raises(ValueError):
+        tags_from_mask(m, 5)                                   # class 7 >= 5
+
+
+def test_cam_mean_plus_bias_is_the_logit():
+    torch.manual_seed(0)
+    clf = TagClassifier(5, width=4).eval()
+    x = torch.randn(2, 3, 32, 40)
+    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
+    assert raw.shape == (2, 5, 4, 5)                            # output stride 8
+    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
+    cams = class_activation_maps(clf, x)
+    assert cams.shape == (2, 5, 32, 40) and cams.min() >= 0 and cams.max() <= 1
+
+
+def test_cam_works_for_the_vgg_classifier_and_rejects_others():
+    from minseg.models import VGGClassifier
+
+    clf = VGGClassifier(4, width=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
+    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        class_activation_maps(nn.Conv2d(3, 4, 1), x)
+
+
+def test_cam_to_pseudo_labels():
+    cams = torch.zeros(1, 4, 2, 3)
+    cams[0, 1] = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.0, 0.0]])
+    cams[0, 2] = torch.tensor([[0.1, 0.7, 0.25], [0.0, 0.0, 0.0]])
+    cams[0, 3] = 1.0                                            # high, but not tagged
+    labels = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3)
+    assert labels.tolist() == [[[1, 2, 0], [0, 0, 0]]]
+    same = cam_to_pseudo_labels(cams, torch.tensor([[False, True, True, False]]), threshold=0.3)
+    assert torch.equal(labels, same)
+    unsure = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3, ignore_below=0.15)
+    assert unsure.tolist() == [[[1, 2, IGN], [IGN, 0, 0]]]
+    assert cam_to_pseudo_labels(cams, [[]], threshold=0.3).eq(0).all()
+    with pytest.raises(ValueError):
+        cam_to_pseudo_labels(cams, [[1]], threshold=0.3, ignore_below=0.5)
+
+
+def test_annotation_costs():
+    assert ANNOTATION_COST["points"].seconds == 2.4 and "1506.02106" in ANNOTATION_COST["points"].source
+    assert ANNOTATION_COST["boxes"].seconds == 7.0
+    m = toy_mask()
+    counts = image_label_counts(m)
+    assert counts == {"classes": 2, "objects": 2}
+    assert annotation_seconds("tags", **counts) == 20.0
+    assert annotation_seconds("points", **counts) == pytest.approx(20 + 2.4 * 3)
+    assert annotation_seconds("boxes", **counts) == 14.0
+    assert annotation_seconds("boxes", **counts, box_protocol="boxes_drawn") == 70.0
+    assert annotation_seconds("full", **counts) == 158.0
+    with pytest.raises(ValueError):
+        annotation_seconds("scribbles", **counts)
+
+
+def test_weak_label_dataset_yields_weak_masks(voc_root):
+    from minseg.data import VOCSegmentationDataset, train_transforms
+
+    base = VOCSegmentationDataset(voc_root, "train", limit=6, transforms=train_transforms(48))
+    full = WeakLabelDataset(base, "full")
+    pts = WeakLabelDataset(base, "points", seed=1, radius=1)
+    scr = WeakLabelDataset(base, "scribbles", seed=1)
+    box = WeakLabelDataset(base, "boxes", inner=0.8)
+    for ds in (full, pts, scr, box):
+        x, y = ds[0]
+        assert x.shape == (3, 48, 48) and y.shape == (48, 48) and y.dtype == torch.long
+        assert len(ds) == 6 and ds.num_classes == base.num_classes
+    assert torch.equal(full.weak_mask(2), base.raw(2)[1])
+    for i in range(6):
+        w, f = pts.weak_mask(i), pts.full_mask(i)
+        lab = w != IGN
+        assert bool(lab.any()) and torch.equal(w[lab], f[lab])
+        assert torch.equal(w, WeakLabelDataset(base, "points", seed=1, radius=1).weak_mask(i))
+    q = label_quality(pts)
+    assert q["accuracy"] == 1.0 and 0 < q["labelled"] < 0.2
+    qb = label_quality(box)
+    assert qb["labelled"] > 0.5 and 0.5 < qb["accuracy"] < 1.0
+    pseudo = WeakLabelDataset(base, "pseudo", masks=[base.raw(i)[1] for i in range(6)])
+    assert label_quality(pseudo)["accuracy"] == 1.0
+    with pytest.raises(ValueError):
+        WeakLabelDataset(base, "pseudo")
+    with pytest.raises(ValueError):
+        WeakLabelDataset(base, "points", inner=0.5)
+    with pytest.raises(ValueError):
+        WeakLabelDataset(base, "polygons")
+
+
+def test_tag_classifier_trains_and_gives_pseudo_labels(voc_root):
+    from torch.utils.data import DataLoader
+
+    from minseg.data import VOCSegmentationDataset, eval_transforms
+
+    base = VOCSegmentationDataset(voc_root, "train", limit=8, transforms=eval_transforms(None))
+    loader = DataLoader(base, batch_size=4)
+    clf = TagClassifier(base.num_classes, width=4)
+    hist = fit_classifier(clf, loader, base.num_classes, max_steps=3, device="cpu")
+    assert hist[-1]["step"] == 3 and all(h["loss"] > 0 for h in hist)
+    assert 0.0 <= tag_f1(clf, loader, base.num_classes) <= 1.0
+    labels = cam_pseudo_labels_for(base, clf, threshold=0.3)
+    assert len(labels) == 8
+    for i, lab in enumerate(labels):
+        full = base.raw(i)[1]
+        assert lab.shape == full.shape
+        tags = set(tags_from_mask(full, base.num_classes).nonzero().flatten().tolist())
+        assert set(torch.unique(lab).tolist()) <= tags | {0}   # only tagged classes
+    ds = WeakLabelDataset(base, "pseudo", masks=labels)
+    assert torch.equal(ds.weak_mask(3), labels[3])
+
+
+
+def test_scribbles_per_object_reach_every_object():
+    m = torch.zeros(12, 20, dtype=torch.long)
+    m[2:10, 1:8] = 8
+    m[2:10, 12:19] = 8                      # two cats far apart, one class
+    inst = torch.zeros_like(m)
+    inst[2:10, 1:8], inst[2:10, 12:19] = 1, 2
+    s = scribbles_from_mask(m, seed=0, instances=inst, vertices=2, margin=1)
+    lab = s != IGN
+    assert torch.equal(s[lab], m[lab])
+    assert bool(((s == 8) & (inst == 1)).any()) and bool(((s == 8) & (inst == 2)).any())
