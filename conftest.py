@@ -1,8 +1,10 @@
 """Repository-wide pytest hooks: a timing guard for the notebooks run by nbval.
 
-Every notebook's wall time (the sum of its cells) is reported at the end of the run; a notebook
-slower than ``MINSEG_NOTEBOOK_BUDGET_S`` (default 60 s, the smoke-profile budget in DESIGN.md,
-doubled when the machine is busy via the variable) fails the run.
+Every notebook's wall time (the sum of its cells, kernel start included) is reported at the
+end of the run, and those over ``MINSEG_NOTEBOOK_BUDGET_S`` (default 60 s, the smoke-profile
+budget in DESIGN.md) are flagged. A notebook over twice the budget fails the run: the slack
+absorbs a busy machine (torch's threads slow down a lot when the cores are shared), a real
+regression does not hide in it.
 """
 from __future__ import annotations
 
@@ -36,8 +38,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    over = {nb: t for nb, t in _times.items() if t > _budget()}
+    over = {nb: t for nb, t in _times.items() if t > 2 * _budget()}
     if over and session.exitstatus == 0:
         session.exitstatus = 1
-        print(f"\nnotebooks over the {_budget():.0f} s budget: " +
+        print(f"\nnotebooks over twice the {_budget():.0f} s budget: " +
               ", ".join(f"{nb} ({t:.0f} s)" for nb, t in over.items()))
