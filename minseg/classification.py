@@ -81,8 +81,8 @@ def fit_classifier(model: nn.Module, train_loader: Iterable, *, num_classes: int
     comes first; at least one limit is required. ``budget_schedule=True`` runs the learning-rate
     schedule on the larger of the step fraction and the fraction of the time budget used, as
     :func:`minseg.train.fit` does, so that a budget-limited run still ends with a decayed learning
-    rate. Returns one dict per (possibly partial)
-    epoch: ``epoch``, ``step``, ``loss``, ``lr``, ``images_per_s``, ``time_s``.
+    rate. Returns one dict per (possibly partial) epoch: ``epoch``, ``step``, ``loss``, ``lr``,
+    ``images_per_s``, ``time_s``.
     """
     from minseg.train import lr_factor
 
