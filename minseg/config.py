@@ -4,7 +4,8 @@ A *profile* fixes every size a lesson or the demo uses (image size, dataset size
 batch size, time budget, model width), so that the same notebook runs in seconds in CI
 (``smoke``), in minutes on a laptop (``cpu``) and on real Pascal VOC on a GPU (``gpu``).
 Choose one with the ``MINSEG_PROFILE`` environment variable; when it is unset, ``gpu`` is used
-if CUDA is available, else ``cpu``.
+if CUDA is available, else ``cpu``. ``MINSEG_TIME_BUDGET_S`` overrides the profile's training
+budget (seconds per training run), e.g. for a quick look at the ``gpu`` profile.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 PROFILE_ENV = "MINSEG_PROFILE"
 DATA_ENV = "MINSEG_DATA"
+BUDGET_ENV = "MINSEG_TIME_BUDGET_S"
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ def device(name: str | None = None) -> torch.device:
 def profile(name: str | None = None) -> Profile:
     """The active profile: ``name``, else ``$MINSEG_PROFILE``, else ``gpu`` with CUDA or ``cpu``.
 
+    ``$MINSEG_TIME_BUDGET_S``, when set, replaces the profile's ``time_budget_s``.
+
     >>> print(profile("smoke"))  # doctest: +ELLIPSIS
     Profile[smoke](device=..., data=synthetic, image_size=64, ...)
     """
@@ -98,6 +102,15 @@ def profile(name: str | None = None) -> Profile:
     p = _base_profiles(str(dev))[name]
     if dev.type != "cuda":
         p = p.replace(amp=False, channels_last=False)
+    budget = os.environ.get(BUDGET_ENV, "").strip()
+    if budget:
+        try:
+            seconds = float(budget)
+        except ValueError:
+            seconds = float("nan")
+        if not seconds > 0 or seconds == float("inf"):
+            raise ValueError(f"{BUDGET_ENV}={budget!r} is not a positive number of seconds")
+        p = p.replace(time_budget_s=seconds)
     return p
 
 

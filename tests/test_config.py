@@ -22,13 +22,26 @@ def test_profile_from_environment(monkeypatch):
     assert profile().name == ("gpu" if torch.cuda.is_available() else "cpu")
 
 
+def test_time_budget_override(monkeypatch):
+    monkeypatch.setenv("MINSEG_TIME_BUDGET_S", "45")
+    assert profile("gpu").time_budget_s == 45.0
+    assert profile("smoke").image_size == 64            # only the budget changes
+    for bad in ("0", "-3", "soon", "inf", "nan"):
+        monkeypatch.setenv("MINSEG_TIME_BUDGET_S", bad)
+        with pytest.raises(ValueError, match="MINSEG_TIME_BUDGET_S"):
+            profile("cpu")
+    monkeypatch.delenv("MINSEG_TIME_BUDGET_S")
+    assert profile("cpu").time_budget_s == 90.0
+
+
 def test_unknown_profile_lists_valid_ones(monkeypatch):
     monkeypatch.setenv("MINSEG_PROFILE", "turbo")
     with pytest.raises(ValueError, match="smoke, cpu, gpu"):
         profile()
 
 
-def test_smoke_is_smallest():
+def test_smoke_is_smallest(monkeypatch):
+    monkeypatch.delenv("MINSEG_TIME_BUDGET_S", raising=False)
     s, c = profile("smoke"), profile("cpu")
     assert s.image_size <= c.image_size and s.num_train < c.num_train
     assert s.time_budget_s < c.time_budget_s
