@@ -60,3 +60,22 @@ def test_twenty_lessons_when_complete():
     nums = sorted(int(p.name[:2]) for p in LESSONS)
     assert nums == sorted(set(nums)), "duplicate lesson numbers"
     assert all(1 <= n <= 20 for n in nums)
+
+
+def test_run_notebooks_tool_keeps_outputs_and_reports_failures(tmp_path, monkeypatch):
+    import nbformat
+    import run_notebooks
+
+    ok, bad = tmp_path / "01_ok.ipynb", tmp_path / "02_bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import os; print('profile', os.environ['MINSEG_PROFILE'])")]), ok)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "raise ValueError('broken lesson')")]), bad)
+    out = tmp_path / "out"
+    monkeypatch.setenv("MINSEG_PROFILE", "smoke")  # the tool sets it; restored after the test
+    assert run_notebooks.main(["--profile", "smoke", "--out", str(out), str(ok), str(bad)]) == 1
+    executed = nbformat.read(out / "01_ok.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "profile smoke\n"
+    table = (out / "times.md").read_text()
+    assert "| 01_ok |" in table and "| ok |" in table
+    assert "| 02_bad |" in table and "ValueError: broken lesson" in table and "| all 2 |" in table

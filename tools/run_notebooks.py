@@ -33,7 +33,7 @@ def run_one(path: Path, out: Path, timeout: int) -> tuple[float, str]:
     try:
         client.execute()
     except CellExecutionError as e:
-        status = "error: " + str(e).strip().splitlines()[-1][:120]
+        status = f"error: {e.ename}: {e.evalue}"[:120].replace("|", "/").replace("\n", " ")
     elapsed = time.perf_counter() - t0
     nbformat.write(nb, out / path.name)
     return elapsed, status
