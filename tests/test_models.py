@@ -163,6 +163,20 @@ def test_deeplab_rates_and_output_stride():
     assert m(torch.randn(1, 3, 65, 67)).shape == (1, 3, 65, 67)
 
 
+@pytest.mark.parametrize("name", ["deeplabv3", "pspnet"])
+def test_shallow_encoder_blocks(name):
+    from minseg.receptive import chain_layers, receptive_field
+
+    m = tiny(name, 3, encoder_blocks=(1, 1))
+    assert m.encoder.strides == [2, 4, 8] and m.encoder.channels == [W, 2 * W, 4 * W]
+    assert receptive_field(chain_layers(m.encoder)).size == 43   # smaller than a 96-px image
+    assert receptive_field(chain_layers(tiny(name, 3).encoder)).size == 235
+    assert m(torch.randn(2, 3, 65, 67)).shape == (2, 3, 65, 67)
+    for bad in [(), (1, 1, 1, 1, 1), (1, 0)]:
+        with pytest.raises(ValueError, match="blocks"):
+            tiny(name, 3, encoder_blocks=bad)
+
+
 # --- parity ----------------------------------------------------------------------------------
 
 def test_aspp_matches_torchvision():

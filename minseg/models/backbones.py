@@ -82,9 +82,14 @@ def small_resnet(in_channels: int = 3, width: int = 16, output_stride: int | Non
     :class:`~minseg.blocks.ResidualBlock` with ``2w, 4w, 8w, 8w`` channels at strides
     4, 8, 16, 32. ``output_stride=8`` (default) or 16 replaces the last strides by dilation,
     as DeepLabv3 (arXiv:1706.05587) and PSPNet (arXiv:1612.01105) do, keeping a dense map.
+    ``blocks`` gives the residual blocks per stage; a shorter list builds fewer stages, e.g.
+    ``(1, 1)`` ends at stride 8 with a receptive field of 43 pixels (lessons 11 and 12 use it
+    to make an encoder that cannot see a whole 96-pixel image).
     """
+    if not 1 <= len(blocks) <= 4 or any(int(n) < 1 for n in blocks):
+        raise ValueError(f"blocks must list 1 to 4 stages of at least one block each, got {blocks}")
     w = width
-    chans = [w, 2 * w, 4 * w, 8 * w, 8 * w]
+    chans = [w, 2 * w, 4 * w, 8 * w, 8 * w][:len(blocks) + 1]
     stages: list[nn.Module] = [nn.Sequential(conv_bn_relu(in_channels, w, 3, stride=2),
                                              conv_bn_relu(w, w, 3))]
     for i, n in enumerate(blocks):
@@ -92,7 +97,7 @@ def small_resnet(in_channels: int = 3, width: int = 16, output_stride: int | Non
         layers = [ResidualBlock(cin, cout, stride=2)]
         layers += [ResidualBlock(cout, cout) for _ in range(n - 1)]
         stages.append(nn.Sequential(*layers))
-    strides = _apply_output_stride(stages, [2, 4, 8, 16, 32], output_stride)
+    strides = _apply_output_stride(stages, [2, 4, 8, 16, 32][:len(stages)], output_stride)
     return FeatureEncoder(stages, chans, strides)
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from minseg.blocks import conv_bn_relu, resize
-from minseg.models.backbones import make_encoder
+from minseg.models.backbones import make_encoder, small_resnet
 from minseg.validate import check_images, check_num_classes
 
 POOL_NORMS = ("none", "group", "batch")
@@ -100,18 +100,22 @@ class DeepLabV3(nn.Module):
 
     ``use_aspp=False`` swaps ASPP for a :class:`PlainContext` of similar size (lesson 11).
     ``context_channels`` (ASPP's ``out_ch``) defaults to ``4 * width`` from scratch and 256 on
-    a torchvision backbone, as in the paper.
+    a torchvision backbone, as in the paper. ``encoder_blocks`` shapes the from-scratch encoder
+    (:func:`~minseg.models.backbones.small_resnet`); ``(1, 1)`` gives a shallow one whose
+    receptive field is smaller than a 96-pixel image.
     """
 
     def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
                  rates: Sequence[int] = (2, 4, 6), use_aspp: bool = True,
                  context_channels: int | None = None, pool_norm: str = "none",
                  dropout: float = 0.1, backbone: str | None = None, pretrained: bool = False,
-                 output_stride: int = 8):
+                 output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1)):
         super().__init__()
         check_num_classes(num_classes)
         self.in_channels = in_channels
-        self.encoder = make_encoder(backbone, in_channels, width, pretrained, output_stride)
+        self.encoder = make_encoder(
+            backbone, in_channels, width, pretrained, output_stride,
+            scratch=lambda: small_resnet(in_channels, width, output_stride, encoder_blocks))
         c = self.encoder.channels[-1]
         a = context_channels or (4 * width if backbone is None else 256)
         aspp = ASPP(c, a, rates, pool_norm, dropout)
@@ -132,8 +136,8 @@ def deeplabv3(num_classes: int, width: int = 16, in_channels: int = 3,
               rates: Sequence[int] = (2, 4, 6), use_aspp: bool = True,
               context_channels: int | None = None, pool_norm: str = "none", dropout: float = 0.1,
               backbone: str | None = None, pretrained: bool = False,
-              output_stride: int = 8) -> DeepLabV3:
+              output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1)) -> DeepLabV3:
     """DeepLabv3 (arXiv:1706.05587); see :class:`DeepLabV3`. Default ``rates=(2, 4, 6)`` suit
     ~96-pixel inputs at output stride 8; use ``(6, 12, 18)`` for 513 crops at stride 16."""
     return DeepLabV3(num_classes, width, in_channels, rates, use_aspp, context_channels,
-                     pool_norm, dropout, backbone, pretrained, output_stride)
+                     pool_norm, dropout, backbone, pretrained, output_stride, encoder_blocks)

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from minseg.blocks import conv_bn_relu, resize
-from minseg.models.backbones import make_encoder
+from minseg.models.backbones import make_encoder, small_resnet
 from minseg.validate import check_images, check_num_classes
 
 
@@ -64,16 +64,20 @@ class PSPNet(nn.Module):
     ``use_ppm=False`` replaces the pyramid by :class:`LocalContext` of the same size (lesson
     12). ``head_channels`` defaults to ``4 * width`` from scratch and 256 on a torchvision
     backbone (the paper uses 512 on ResNet-101). The paper's auxiliary loss is left out.
+    ``encoder_blocks`` shapes the from-scratch encoder (see :class:`~minseg.models.DeepLabV3`).
     """
 
     def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
                  bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
                  head_channels: int | None = None, dropout: float = 0.1,
-                 backbone: str | None = None, pretrained: bool = False, output_stride: int = 8):
+                 backbone: str | None = None, pretrained: bool = False, output_stride: int = 8,
+                 encoder_blocks: Sequence[int] = (1, 1, 1, 1)):
         super().__init__()
         check_num_classes(num_classes)
         self.in_channels = in_channels
-        self.encoder = make_encoder(backbone, in_channels, width, pretrained, output_stride)
+        self.encoder = make_encoder(
+            backbone, in_channels, width, pretrained, output_stride,
+            scratch=lambda: small_resnet(in_channels, width, output_stride, encoder_blocks))
         c = self.encoder.channels[-1]
         branch_ch = max(1, c // len(bins))
         ctx = PyramidPooling(c, bins, branch_ch) if use_ppm else LocalContext(c, len(bins) * branch_ch)
@@ -91,7 +95,8 @@ class PSPNet(nn.Module):
 def pspnet(num_classes: int, width: int = 16, in_channels: int = 3,
            bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
            head_channels: int | None = None, dropout: float = 0.1, backbone: str | None = None,
-           pretrained: bool = False, output_stride: int = 8) -> PSPNet:
+           pretrained: bool = False, output_stride: int = 8,
+           encoder_blocks: Sequence[int] = (1, 1, 1, 1)) -> PSPNet:
     """PSPNet (arXiv:1612.01105); see :class:`PSPNet`."""
     return PSPNet(num_classes, width, in_channels, bins, use_ppm, head_channels, dropout,
-                  backbone, pretrained, output_stride)
+                  backbone, pretrained, output_stride, encoder_blocks)
