@@ -158,6 +158,17 @@ def _check_mask2d(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
     return mask.long()
 
 
+def _check_instances(instances, mask: torch.Tensor):
+    """``None``, or an instance-id map of the same shape as ``mask``."""
+    if instances is None:
+        return None
+    instances = _check_mask2d(instances, "instances")
+    if instances.shape != mask.shape:
+        raise ValueError(f"instances has shape {tuple(instances.shape)} but mask has "
+                         f"{tuple(mask.shape)}")
+    return instances
+
+
 def _rng(seed) -> np.random.Generator:
     """One NumPy generator from an int or a sequence of ints (e.g. ``[seed, image_index]``)."""
     return np.random.default_rng(seed)
@@ -225,11 +236,7 @@ def points_from_mask(mask: torch.Tensor, points_per_class: int = 1, *, seed=0,
         raise ValueError(f"points_per_class must be a positive int, got {points_per_class!r}")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius!r}")
-    if instances is not None:
-        instances = _check_mask2d(instances, "instances")
-        if instances.shape != mask.shape:
-            raise ValueError(f"instances has shape {tuple(instances.shape)} but mask has "
-                             f"{tuple(mask.shape)}")
+    instances = _check_instances(instances, mask)
     rng = _rng(seed)
     out = torch.full_like(mask, ignore_index)
     regions = _object_regions(mask, instances, ignore_index, include_background, background)
@@ -288,11 +295,7 @@ def scribbles_from_mask(mask: torch.Tensor, *, seed=0, instances: torch.Tensor |
     if vertices < 1 or width < 1 or margin < 0 or min_area < 1:
         raise ValueError(f"need vertices >= 1, width >= 1, margin >= 0, min_area >= 1; got "
                          f"{vertices}, {width}, {margin}, {min_area}")
-    if instances is not None:
-        instances = _check_mask2d(instances, "instances")
-        if instances.shape != mask.shape:
-            raise ValueError(f"instances has shape {tuple(instances.shape)} but mask has "
-                             f"{tuple(mask.shape)}")
+    instances = _check_instances(instances, mask)
     rng = _rng(seed)
     out = torch.full_like(mask, ignore_index)
     for c, region in _object_regions(mask, instances, ignore_index, include_background, background):

@@ -236,3 +236,11 @@ def test_scribbles_per_object_reach_every_object():
     lab = s != IGN
     assert torch.equal(s[lab], m[lab])
     assert bool(((s == 8) & (inst == 1)).any()) and bool(((s == 8) & (inst == 2)).any())
+
+
+@pytest.mark.parametrize("make", [points_from_mask, scribbles_from_mask])
+def test_instances_must_match_the_mask(make):
+    mask = torch.zeros(8, 8, dtype=torch.long)
+    mask[2:6, 2:6] = 3
+    with pytest.raises(ValueError, match=r"instances has shape \(8, 7\) but mask has \(8, 8\)"):
+        make(mask, instances=torch.zeros(8, 7, dtype=torch.long))
