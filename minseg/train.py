@@ -60,6 +60,7 @@ from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableD
                               RandomSampler, Sampler, SequentialSampler)
 
 from minseg import config
+from minseg.infer import _logits
 from minseg.validate import IGNORE_INDEX, check_images, check_mask, check_num_classes
 
 __all__ = [
@@ -442,15 +443,6 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, (list, tuple)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise ValueError(f"a batch must be an (images, masks) pair, got {type(batch).__name__}")
-
-
-def _logits(output) -> torch.Tensor:
-    """Models return logits; torchvision's return ``{"out": logits, "aux": ...}``."""
-    if isinstance(output, Mapping):
-        return output["out"]
-    if isinstance(output, (list, tuple)):
-        return output[0]
-    return output
 
 
 def _check_first_batch(images, masks, logits, num_classes: int) -> None:
