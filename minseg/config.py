@@ -1,11 +1,13 @@
 """Profiles, device choice and seeding.
 
-A *profile* fixes every size a lesson or the demo uses (image size, dataset size, epochs,
-batch size, time budget, model width), so that the same notebook runs in seconds in CI
-(``smoke``), in minutes on a laptop (``cpu``) and on real Pascal VOC on a GPU (``gpu``).
+A *profile* fixes every size a lesson or the demo uses (image size, dataset size, optimizer
+steps per training run, batch size, model width), so that the same notebook runs in seconds in
+CI (``smoke``), in minutes on a laptop (``cpu``) and on real Pascal VOC on a GPU (``gpu``), and
+gives every reader on the same profile the same numbers: budgets are steps, not seconds.
 Choose one with the ``MINSEG_PROFILE`` environment variable; when it is unset, ``gpu`` is used
-if CUDA is available, else ``cpu``. ``MINSEG_TIME_BUDGET_S`` overrides the profile's training
-budget (seconds per training run), e.g. for a quick look at the ``gpu`` profile.
+if CUDA is available, else ``cpu``. ``time_budget_s`` is a safety cap per training run, not the
+budget; ``MINSEG_TIME_BUDGET_S`` replaces it, e.g. for a quick look at the ``gpu`` profile
+(a run the cap cuts short says so).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ class Profile:
     """Every size that depends on the machine, in one immutable record.
 
     ``data`` is ``"synthetic"`` (the built-in VOC-format set) or ``"voc"`` (real Pascal VOC 2012
-    when it is found on disk; see :func:`minseg.data.find_voc`).
+    when it is found on disk; see :func:`minseg.data.find_voc`). ``steps`` is the optimizer-step
+    budget of one training run; ``time_budget_s`` only a wall-clock safety cap on it.
     """
 
     name: str
@@ -37,7 +40,7 @@ class Profile:
     num_train: int
     num_val: int
     batch_size: int
-    epochs: int
+    steps: int
     time_budget_s: float
     width: int
     amp: bool
@@ -58,15 +61,17 @@ def _base_profiles(dev: str) -> dict[str, Profile]:
     return {
         # CI and tests: proves the code runs, not that it learns.
         "smoke": Profile("smoke", dev, "synthetic", image_size=64, num_train=32, num_val=16,
-                         batch_size=8, epochs=1, time_budget_s=8.0, width=8, amp=False,
+                         batch_size=8, steps=4, time_budget_s=60.0, width=8, amp=False,
                          channels_last=False, num_workers=0),
-        # A 2-core laptop: a few minutes per lesson, enough to see each effect.
-        "cpu": Profile("cpu", dev, "synthetic", image_size=96, num_train=400, num_val=100,
-                       batch_size=16, epochs=12, time_budget_s=90.0, width=16, amp=False,
+        # A 2-core laptop: a few minutes per lesson, enough to see each effect. Thousands of
+        # generated images (seconds to make), so that a run of `steps` steps does not overfit.
+        "cpu": Profile("cpu", dev, "synthetic", image_size=96, num_train=3000, num_val=200,
+                       batch_size=16, steps=400, time_budget_s=300.0, width=16, amp=False,
                        channels_last=False, num_workers=0),
         # A CUDA GPU: real VOC 2012 when present (else a larger synthetic set), AMP.
+        # 3,600 steps of 16 images: about 40 epochs of VOC's 1,464 training images.
         "gpu": Profile("gpu", dev, "voc", image_size=320, num_train=1464, num_val=500,
-                       batch_size=16, epochs=40, time_budget_s=900.0, width=32, amp=True,
+                       batch_size=16, steps=3600, time_budget_s=1800.0, width=32, amp=True,
                        channels_last=True, num_workers=4),
     }
 

@@ -1,9 +1,9 @@
-"""Small helpers for the lessons' experiments: train variants under one budget, measure, tabulate.
+"""Small helpers for the lessons' experiments: train variants for one step budget, measure, tabulate.
 
 Every lesson backs its answer with a comparison ("U-Net with vs without skips", "ASPP vs a plain
 head", ...). :func:`compare` runs such a comparison the same way each time: every variant is
-built from the same seed, trained by :func:`minseg.train.fit` on the same data with the same
-budget, and measured on the same validation set.
+built from the same seed, trained by :func:`minseg.train.fit` on the same batches for the same
+number of steps, and measured on the same validation set.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def predictions(model: nn.Module, loader: Iterable, device: str | torch.device |
     seen = 0
     for x, y in loader:
         ps.append(model(x.to(device)).argmax(1).cpu())
-        xs.append(x), ys.append(y)
+        xs.append(x.cpu()), ys.append(y.cpu())
         seen += len(x)
         if limit is not None and seen >= limit:
             break
@@ -77,33 +77,35 @@ def measure(model: nn.Module, val_loader: Iterable, num_classes: int,
 
 
 def compare(variants: Mapping[str, Callable[[], nn.Module]], train_loader, val_loader, *,
-            num_classes: int, cfg: Profile | None = None, budget_s: float | None = None,
-            epochs: int | None = None, seed: int = 0, **fit_kwargs) -> list[dict]:
-    """Train each variant on the same data with the same budget and measure it.
+            num_classes: int, cfg: Profile | None = None, steps: int | None = None,
+            budget_s: float | None = None, seed: int = 0, **fit_kwargs) -> list[dict]:
+    """Train each variant on the same data for the same number of steps and measure it.
 
     ``variants`` maps a name to a function that builds a fresh model (called right after
-    ``seed_everything(seed)``, so every variant starts from the same random state).
-    ``budget_s`` is the wall-clock training budget *per variant* (default: the profile's
-    ``time_budget_s`` divided by the number of variants); ``epochs`` caps the epochs (default:
-    the profile's). Other keyword arguments go to :func:`minseg.train.fit` (``loss``, ``lr``...).
-    Returns one row per variant: name, params, steps, train_s, miou, pixel_acc, mdice,
-    boundary_f1, iou (per class), history and the trained model.
+    ``seed_everything(seed)``, so every variant starts from the same random state). Every variant
+    trains for ``steps`` optimizer steps (default: the profile's ``steps``) with the same
+    ``seed``, so it sees the same batches in the same order with the same augmentation.
+    ``budget_s`` is a wall-clock safety cap per variant (default: the profile's
+    ``time_budget_s``); a variant it cuts short is flagged in the row (``cut_short``).
+    Other keyword arguments go to :func:`minseg.train.fit` (``loss``, ``lr``, ``epochs``...).
+    Returns one row per variant: name, params, steps, train_s, cut_short, miou, pixel_acc,
+    mdice, boundary_f1, iou (per class), history and the trained model.
     """
     from minseg.train import fit
 
     cfg = cfg or profile()
-    budget = budget_s if budget_s is not None else cfg.time_budget_s / max(1, len(variants))
+    steps = steps or (None if "epochs" in fit_kwargs else cfg.steps)
+    budget = budget_s if budget_s is not None else cfg.time_budget_s
     rows = []
     for name, build in variants.items():
         seed_everything(seed)
         model = build()
         t0 = time.perf_counter()
-        hist = fit(model, train_loader, None, num_classes=num_classes,
-                   epochs=epochs or cfg.epochs, time_budget_s=budget, seed=seed,
-                   device=cfg.device, **fit_kwargs)
+        hist = fit(model, train_loader, None, num_classes=num_classes, max_steps=steps,
+                   time_budget_s=budget, seed=seed, device=cfg.device, **fit_kwargs)
         train_s = time.perf_counter() - t0
-        row = {"name": name, "params": count_parameters(model),
-               "steps": hist[-1]["step"] if hist else 0, "train_s": train_s}
+        row = {"name": name, "params": count_parameters(model), "steps": hist.steps,
+               "train_s": train_s, "cut_short": hist.cut_short}
         row.update(measure(model, val_loader, num_classes))
         row["history"], row["model"] = hist, model
         rows.append(row)

@@ -1,65 +1,64 @@
-"""The training engine: :func:`fit` and :func:`evaluate`, checkpoints, resume and torchrun DDP.
+"""The training engine: :func:`fit` and :func:`evaluate`.
 
 One small loop in the spirit of nanoGPT's ``train.py``: plain functions, explicit arguments,
 no framework. Every notebook, the demo and ``python -m minseg train`` train with it.
 
->>> history = fit(model, train_loader, val_loader, num_classes=21, epochs=10)   # doctest: +SKIP
+>>> history = fit(model, train_loader, val_loader, num_classes=21, max_steps=600)  # doctest: +SKIP
 >>> history.last["miou"], history.best("miou")["epoch"]                         # doctest: +SKIP
 >>> evaluate(model, val_loader, 21)["miou"]                                     # doctest: +SKIP
 
-What happens in one step: images go to the device (``channels_last`` on CUDA), the forward pass
-runs under autocast when ``amp`` is on (bf16 when the GPU supports it, else fp16 with a
-``GradScaler``), the loss is computed in float32 on the logits, gradients are (optionally)
-clipped, the learning rate of the step is set by hand from the schedule (warm-up, then poly or
-cosine decay), and the optimizer steps.
+What happens in one step: a batch comes from the loader (a :class:`minseg.data.TensorLoader`
+augments it on the training device), images go to the device (``channels_last`` on CUDA), the
+forward pass runs under autocast when ``amp`` is on (bf16 when the GPU supports it, else fp16
+with a ``GradScaler``), the loss is computed in float32 on the logits, gradients are
+(optionally) clipped, the learning rate of the step is set by hand from the schedule (warm-up,
+then poly or cosine decay) and the optimizer steps.
 
-**Determinism (CPU).** ``fit`` calls :func:`minseg.config.seed_everything` with ``seed``
-(``seed + rank`` under DDP), which fixes dropout and anything else drawing from the global
-RNGs (e.g. augmentation when ``num_workers=0``). The *data order* does not come from the
-caller's loader: ``fit`` rebuilds the loader around a sampler whose permutation for epoch ``e``
-is ``torch.randperm(n, generator=Generator().manual_seed(seed + e))`` (a
-``DistributedSampler``, also with one process) and gives the loader a generator re-seeded from
-``(seed, epoch, rank)`` at every epoch (it seeds the worker processes). So the same seed gives
-the same history on CPU whatever the loader's own ``shuffle`` generator was, and the order of
-epoch ``e`` can be rebuilt from ``(seed, e)`` alone, which is what makes resume exact.
-Model initialisation is the caller's job (seed before building the model). GPUs run
-non-deterministic kernels (cuDNN autotuning) for speed.
+**Budgets are steps.** A run lasts ``max_steps`` optimizer steps (or ``epochs``), so the same
+seed gives the same history on any machine: bitwise on the CPU for a given torch version and
+thread count. ``time_budget_s`` is only a safety cap; a run it cuts short says so (a warning,
+``history.stop_reason == "time_budget"``, ``history.cut_short``).
 
-**Resume.** A checkpoint holds the model, optimizer, scaler, schedule position, epoch and step
-inside the epoch, the partial epoch's statistics, the history so far, and the RNG states
-(Python, NumPy, torch, CUDA; every rank's) taken right after the step. ``resume=True`` restores
-all of it and restarts the data at the same place: the sampler rebuilds epoch ``e``'s order from
-``(seed, e)`` and skips the batches already seen. With ``num_workers=0`` the run then continues
-bit for bit as if it had never stopped (tested on CPU with ``torch.equal`` on every weight).
-With worker processes the order is still exact but random augmentation inside the workers
-restarts its streams.
+**Determinism.** ``fit`` seeds the global RNGs with ``seed`` (``seed + rank`` under DDP: dropout
+and anything else drawing from them) and hands the data order to
+:func:`minseg.data.sampling.seeded_loader`: epoch ``e``'s order is a function of ``(seed, e)``,
+and a :class:`~minseg.data.TensorLoader`'s augmentation of batch ``b`` a function of
+``(seed, e, b, rank)``. Model initialisation is the caller's job (seed before building the
+model). GPUs run non-deterministic kernels (cuDNN autotuning) for speed.
+
+**Resume.** A checkpoint (:mod:`minseg.checkpoint`) holds the model, optimizer, scaler,
+position (epoch, step inside the epoch, the partial epoch's statistics), the history so far and
+the RNG states taken right after the step. ``resume=True`` restores all of it and restarts the
+data at the same batch of the same epoch, so the run continues bit for bit as if it had never
+stopped (tested on CPU with ``torch.equal`` on every weight). With ``DataLoader`` worker
+processes the order is still exact, but random augmentation inside the workers restarts its
+streams.
 
 **Several GPUs or machines.** Run the same script under ``torchrun``; ``fit`` initialises the
-process group (NCCL on CUDA, Gloo on CPU) from the environment, wraps the model in
-``DistributedDataParallel``, shards the data with a ``DistributedSampler`` (batch size, collate
-function and workers kept), averages the logged loss over ranks, sums confusion matrices with
-``all_reduce`` and lets rank 0 alone print and write checkpoints.
+process group (NCCL on CUDA, Gloo on CPU, :mod:`minseg.distributed`), wraps the model in
+``DistributedDataParallel``, gives each rank its shard of every epoch, averages the logged loss
+over ranks, sums confusion matrices with ``all_reduce`` and lets rank 0 alone print and write
+checkpoints.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableDataset,
-                              RandomSampler, Sampler, SequentialSampler)
 
-from minseg import config
+from minseg import checkpoint, config, distributed
+from minseg.checkpoint import (CHECKPOINT_NAME, latest_checkpoint, load_checkpoint,
+                               load_model_from_checkpoint, save_checkpoint)
+from minseg.data.sampling import eval_shard, seeded_loader
 from minseg.infer import _logits
 from minseg.validate import IGNORE_INDEX, check_images, check_mask, check_num_classes
 
@@ -70,8 +69,6 @@ __all__ = [
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
-CHECKPOINT_NAME = "last.pt"  # fit writes <checkpoint_dir>/last.pt (atomically replaced)
-CHECKPOINT_FORMAT = 1
 QUIET_ENV = "MINSEG_QUIET"
 
 
@@ -91,17 +88,33 @@ class History(list):
 
     ``history["miou"]`` is the column as a list; ``last`` the final record; ``best("miou")`` the
     record with the highest value (lowest for keys containing ``loss`` or ``time``).
-    ``stopped_early`` is True when the time budget (or a callback) ended training before
-    ``epochs``/``max_steps``, ``stop_reason`` says why training ended and ``total_time_s`` how
-    long it took. Pass it straight to :func:`minseg.viz.plot_curves`.
+    ``stop_reason`` says why training ended (``"max_steps"``, ``"epochs"``, ``"time_budget"``,
+    ``"callback"``), ``planned_steps`` how many steps the budget asked for, ``cut_short`` whether
+    the time cap ended the run before them, ``stopped_early`` whether the cap or a callback did,
+    and ``total_time_s`` how long it took. Pass it straight to :func:`minseg.viz.plot_curves`.
     """
 
-    def __init__(self, records: Iterable[Mapping] = (), *, stopped_early: bool = False,
-                 stop_reason: str | None = None, total_time_s: float = 0.0) -> None:
+    def __init__(self, records: Iterable[Mapping] = (), *, stop_reason: str | None = None,
+                 total_time_s: float = 0.0, planned_steps: float | None = None) -> None:
         super().__init__(dict(r) for r in records)
-        self.stopped_early = stopped_early
         self.stop_reason = stop_reason
         self.total_time_s = total_time_s
+        self.planned_steps = planned_steps
+
+    @property
+    def cut_short(self) -> bool:
+        """True when the time cap stopped training before its step budget was done."""
+        return self.stop_reason == "time_budget"
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when the time cap or a callback ended training before its budget."""
+        return self.stop_reason in ("time_budget", "callback")
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps done (0 before the first epoch record)."""
+        return self.last["step"] if self else 0
 
     def __getitem__(self, key):
         if isinstance(key, str):
@@ -129,20 +142,23 @@ class History(list):
         return (max if mode == "max" else min)(rows, key=lambda r: r[key])
 
     def state_dict(self) -> dict:
-        return {"records": [dict(r) for r in self], "stopped_early": self.stopped_early,
-                "stop_reason": self.stop_reason, "total_time_s": self.total_time_s}
+        return {"records": [dict(r) for r in self], "stop_reason": self.stop_reason,
+                "total_time_s": self.total_time_s,
+                "planned_steps": None if self.planned_steps is None else float(self.planned_steps)}
 
     @classmethod
     def from_state_dict(cls, state: Mapping) -> "History":
-        return cls(state.get("records", ()), stopped_early=state.get("stopped_early", False),
-                   stop_reason=state.get("stop_reason"),
-                   total_time_s=state.get("total_time_s", 0.0))
+        return cls(state.get("records", ()), stop_reason=state.get("stop_reason"),
+                   total_time_s=state.get("total_time_s", 0.0),
+                   planned_steps=state.get("planned_steps"))
 
     def __repr__(self) -> str:
         keys = [k for k in ("epoch", "step", "loss", "lr", "miou", "images_per_s", "time_s")
                 if any(k in r for r in self)]
         rows = ["  ".join(f"{k}={_fmt(r.get(k))}" for k in keys) for r in self]
-        tail = f"stopped_early={self.stopped_early}, stop_reason={self.stop_reason!r}"
+        tail = f"stop_reason={self.stop_reason!r}" + (
+            f" after {self.steps} of {self.planned_steps:g} planned steps (cut short by the time cap)"
+            if self.cut_short and self.planned_steps else "")
         return "History([\n  " + "\n  ".join(rows) + f"\n], {tail})" if rows else f"History([], {tail})"
 
 
@@ -167,8 +183,7 @@ def lr_factor(step: int, total_steps: int, schedule: str = "poly", warmup_steps:
       ``"constant"``: 1,
 
     where ``p`` in [0, 1] is the progress after warm-up, ``(step - warmup) / (total - warmup)``,
-    or ``progress`` when given (:func:`fit` passes the fraction of the time budget used when
-    ``budget_schedule=True``).
+    or ``progress`` when given (e.g. the fraction of a time budget used).
     """
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -184,257 +199,6 @@ def lr_factor(step: int, total_steps: int, schedule: str = "poly", warmup_steps:
     raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
 
 
-# --------------------------------------------------------------------------------------------
-# checkpoints
-# --------------------------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, **state) -> Path:
-    """``torch.save(state, path)`` atomically: write a temporary file next to ``path``, flush it
-    to disk, then ``os.replace`` it over ``path``. A crash or exception at any moment leaves
-    either the previous file or the new one, never a partial one (and no temporary file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic on POSIX and Windows (same directory)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: tensors and
-    plain Python data only, so loading a file cannot run code)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # corrupt file or one with arbitrary pickled objects
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-
-
-def latest_checkpoint(checkpoint_dir: str | os.PathLike | None) -> Path | None:
-    """The checkpoint :func:`fit` would resume from: ``<dir>/last.pt`` if present, else the
-    newest ``*.pt`` in ``checkpoint_dir``; ``None`` when there is none."""
-    if checkpoint_dir is None:
-        return None
-    d = Path(checkpoint_dir)
-    if (d / CHECKPOINT_NAME).is_file():
-        return d / CHECKPOINT_NAME
-    files = [p for p in d.glob("*.pt") if p.is_file() and not p.name.startswith(".")]
-    return max(files, key=lambda p: p.stat().st_mtime) if files else None
-
-
-def load_model_from_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"
-                               ) -> tuple[nn.Module, dict]:
-    """Rebuild a registered model from a checkpoint: ``(model in eval mode, metadata)``.
-
-    Needs ``meta["model_name"]`` in the checkpoint: :func:`fit` records it when the model has a
-    ``minseg_name`` attribute (and ``minseg_kwargs``) or when ``meta=`` was passed to
-    :func:`fit`. The model is built with ``minseg.models.build_model(name, num_classes,
-    **kwargs)`` and its weights loaded strictly.
-    """
-    ckpt = load_checkpoint(path, map_location)
-    meta = dict(ckpt.get("meta") or {})
-    name = meta.get("model_name")
-    if not name:
-        raise ValueError(f"checkpoint {path} does not record which model it holds (no "
-                         f"meta['model_name']); build the model yourself and call "
-                         f"model.load_state_dict(load_checkpoint(path)['model'])")
-    try:
-        from minseg.models import build_model
-    except ImportError as e:  # pragma: no cover - the registry ships with minseg
-        raise ValueError(f"cannot rebuild {name!r}: minseg.models is unavailable ({e})") from e
-    model = build_model(name, meta["num_classes"], **dict(meta.get("model_kwargs") or {}))
-    _load_model_state(model, ckpt["model"], path)
-    return model.eval(), meta
-
-
-def _load_model_state(model: nn.Module, state: Mapping, path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit this model "
-                         f"({type(model).__name__}): {str(e).splitlines()[0]} ...") from None
-
-
-def _plain(value):
-    """``value`` if it is plain data that ``torch.load(weights_only=True)`` can read, else None."""
-    if value is None:
-        return None
-    for kind in (bool, int, float, str):  # also subclasses, e.g. numpy.float64, TorchVersion
-        if isinstance(value, kind):
-            return kind(value)
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
-    if isinstance(value, Mapping):
-        out = {str(k): _plain(v) for k, v in value.items()}
-        return None if any(out[str(k)] is None and v is not None for k, v in value.items()) else out
-    return None
-
-
-def _model_meta(model: nn.Module, num_classes: int, dataset, extra: Mapping | None) -> dict:
-    meta = {"num_classes": num_classes,
-            "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
-            "model_name": getattr(model, "minseg_name", None),
-            "model_kwargs": _plain(dict(getattr(model, "minseg_kwargs", None) or {})),
-            "classes": _plain(list(getattr(dataset, "classes", None) or [])) or None,
-            "torch_version": str(torch.__version__)}
-    meta.update(_plain(dict(extra or {})) or {})
-    return meta
-
-
-def _profile_dict(profile) -> dict | None:
-    if profile is None:
-        try:
-            profile = config.profile()
-        except ValueError:
-            return None
-    return _plain(asdict(profile)) if is_dataclass(profile) else _plain(dict(profile))
-
-
-def _rng_state() -> dict:
-    """Every global RNG state, in a form ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
-                       "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Mapping) -> None:
-    v, internal, gauss = state["python"]
-    random.setstate((v, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --------------------------------------------------------------------------------------------
-# distributed helpers (all no-ops in a single process)
-# --------------------------------------------------------------------------------------------
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _rank_world() -> tuple[int, int]:
-    return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
-
-
-def _init_distributed(device: torch.device | None) -> None:
-    """Under ``torchrun`` (``WORLD_SIZE > 1``) initialise the default process group once:
-    NCCL when training on CUDA, Gloo otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available() or dist.is_initialized():
-        return
-    cuda = torch.cuda.is_available() and (device is None or device.type == "cuda")
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-
-
-def _all_sum(*values: float | int, device: torch.device) -> list[float]:
-    """Sum scalars over ranks (one collective for all of them)."""
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
-    if _distributed():
-        dist.all_reduce(t)
-    return t.tolist()
-
-
-# --------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------
-class _EpochSampler(DistributedSampler):
-    """A ``DistributedSampler`` (with one replica when not distributed) that can start mid-epoch.
-
-    Epoch ``e``'s order is a function of ``(seed, e)`` only; ``start`` skips the first indices of
-    this rank's share (set by :func:`fit` when resuming in the middle of an epoch).
-    """
-
-    def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.start = 0
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.start:])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
-
-
-class _ShardSampler(Sampler):
-    """Rank ``r`` of ``w`` gets indices ``r, r + w, r + 2w, ...``: every sample exactly once over
-    all ranks (a ``DistributedSampler`` pads with repeats, which would count pixels twice)."""
-
-    def __init__(self, n: int, rank: int, world: int):
-        self.indices = range(rank, n, world)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _rebuild(loader: DataLoader, sampler: Sampler, generator: torch.Generator | None) -> DataLoader:
-    """The same loader (batch size, collate, workers, pinning, drop_last) with another sampler."""
-    kw = dict(batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-              collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-              drop_last=loader.drop_last, timeout=loader.timeout,
-              worker_init_fn=loader.worker_init_fn, generator=generator,
-              multiprocessing_context=loader.multiprocessing_context,
-              persistent_workers=loader.persistent_workers)
-    if loader.num_workers > 0:
-        kw["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, **kw)
-
-
-def _reseedable(loader: DataLoader) -> bool:
-    return (loader.batch_size is not None and not isinstance(loader.dataset, IterableDataset)
-            and isinstance(loader.sampler, (RandomSampler, SequentialSampler, DistributedSampler)))
-
-
-def _train_loader(data, seed: int, rank: int, world: int):
-    """``(loader, sampler)``: ``data`` with an :class:`_EpochSampler` (``sampler`` is ``None``
-    when the data's own order must be kept, e.g. a ``WeightedRandomSampler`` or a list of
-    batches)."""
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        data = DataLoader(data, batch_size=config.profile().batch_size, shuffle=True)
-    if isinstance(data, DataLoader) and _reseedable(data):
-        shuffle = not isinstance(data.sampler, SequentialSampler)
-        if isinstance(data.sampler, DistributedSampler):
-            shuffle = data.sampler.shuffle
-        sampler = _EpochSampler(data.dataset, world, rank, shuffle, seed)
-        return _rebuild(data, sampler, torch.Generator()), sampler
-    if world > 1:
-        raise ValueError(f"under DDP fit shards the data with a DistributedSampler, but this data "
-                         f"({type(data).__name__}) has a custom sampler or no dataset to sample "
-                         f"from; pass a DataLoader with shuffle=True/False over a map-style Dataset")
-    return data, None
-
-
-def _eval_batches(data, rank: int, world: int):
-    """``data`` restricted to this rank's share of the samples (everything when not distributed)."""
-    if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
-        data = DataLoader(data, batch_size=config.profile().batch_size)
-    if world == 1:
-        return data
-    if isinstance(data, DataLoader) and data.batch_size is not None and \
-            not isinstance(data.dataset, IterableDataset):
-        if isinstance(data.sampler, DistributedSampler):
-            return data  # already sharded by the caller
-        return _rebuild(data, _ShardSampler(len(data.dataset), rank, world), None)
-    return [b for i, b in enumerate(data) if i % world == rank]  # shard whole batches
 
 
 def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,7 +231,7 @@ def _check_first_batch(images, masks, logits, num_classes: int) -> None:
 # --------------------------------------------------------------------------------------------
 def _resolve_device(device) -> torch.device:
     dev = config.device(str(device)) if device is not None else config.device()
-    if dev.type == "cuda" and _distributed():  # one GPU per process under torchrun
+    if dev.type == "cuda" and distributed.is_distributed():  # one GPU per process under torchrun
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return dev
 
@@ -498,7 +262,7 @@ def _in_notebook() -> bool:
 def _show_progress(progress: bool | None) -> bool:
     """tqdm bars on rank 0 only; by default only in a terminal or a notebook, never under
     pytest, with ``MINSEG_QUIET=1`` or in the ``smoke`` profile."""
-    if _rank_world()[0] != 0:
+    if distributed.rank_world()[0] != 0:
         return False
     if progress is not None:
         return bool(progress)
@@ -521,6 +285,7 @@ def _bar(show: bool, **kw):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
 
 
 # --------------------------------------------------------------------------------------------
@@ -558,8 +323,8 @@ def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
     loss_fn = _resolve_loss(loss) if loss is not None and not tta else None
     if tta:
         from minseg.infer import predict
-    rank, world = _rank_world()
-    batches = _eval_batches(data, rank, world)
+    rank, world = distributed.rank_world()
+    batches = eval_shard(data, rank, world)
     was_training = net.training
     net.to(dev, memory_format=fmt).eval()
     cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=dev)
@@ -586,7 +351,7 @@ def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
             bar.close()
         net.train(was_training)
     cm.all_reduce()
-    loss_total, n_total = _all_sum(loss_sum.item(), n_images, device=dev)
+    loss_total, n_total = distributed.all_sum(loss_sum.item(), n_images, device=dev)
     if n_total == 0:
         raise ValueError("evaluate got no data: the dataset or loader is empty")
     result = cm.compute()
@@ -604,6 +369,8 @@ def _len(x) -> int | None:
         return None
 
 
+
+
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
@@ -617,18 +384,13 @@ def _resolve_loss(loss: str | Callable) -> Callable[[torch.Tensor, torch.Tensor]
     return get_loss(loss)  # ValueError listing the valid names for an unknown one
 
 
-def _make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float):
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
 
 def _check_args(num_classes, epochs, max_steps, optimizer, schedule, lr, warmup_steps,
-                grad_clip, log_every, eval_every, checkpoint_every, time_budget_s) -> None:
+                grad_clip, checkpoint_every, time_budget_s) -> None:
     check_num_classes(num_classes)
     if epochs is None and max_steps is None:
-        raise ValueError("say how long to train: pass epochs=... or max_steps=... (or both; "
-                         "training stops at whichever comes first)")
+        raise ValueError("say how long to train: pass max_steps=... (a step budget, e.g. the "
+                         "profile's cfg.steps) or epochs=... (or both; the first one reached wins)")
     for name, v in (("epochs", epochs), ("max_steps", max_steps),
                     ("checkpoint_every", checkpoint_every)):
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -644,80 +406,11 @@ def _check_args(num_classes, epochs, max_steps, optimizer, schedule, lr, warmup_
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be None or > 0, got {grad_clip!r}")
-    if log_every < 1 or eval_every < 1:
-        raise ValueError(f"log_every and eval_every must be >= 1, got {log_every}, {eval_every}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be None or > 0 seconds, got {time_budget_s!r}")
 
 
-def _notify(callbacks, event: str, state: dict) -> bool:
-    for cb in callbacks:
-        cb(event, state)
-    return bool(state.get("stop"))
-
-
-def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
-        epochs: int | None = None, max_steps: int | None = None,
-        loss: str | Callable = "ce", optimizer: str = "adamw", lr: float = 1e-3,
-        weight_decay: float = 1e-4, momentum: float = 0.9, schedule: str = "poly",
-        warmup_steps: int = 0, power: float = 0.9, grad_clip: float | None = None,
-        device: str | torch.device | None = None, amp: bool | None = None,
-        channels_last: bool | None = None, seed: int = 0, log_every: int = 10,
-        eval_every: int = 1, checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int | None = None, resume: bool | str | os.PathLike = False,
-        time_budget_s: float | None = None, budget_schedule: bool = False,
-        clock: Callable[[], float] = time.perf_counter, callbacks: Sequence[Callable[[str, dict], None]] = (), progress: bool | None = None,
-        profile=None, meta: Mapping | None = None) -> History:
-    """Train ``model`` on ``train_data`` and return its :class:`History`.
-
-    Args:
-        model: maps ``N,3,H,W`` images to ``N,num_classes,H,W`` logits (a dict with ``"out"``,
-            as torchvision's models return, works too). Trained in place.
-        train_data: a ``DataLoader`` of ``(images, masks)`` batches (masks ``int64 N,H,W``,
-            255 = ignore) or a ``Dataset`` (batched with the profile's batch size). fit rebuilds
-            the loader around its own seeded sampler (see the module docstring); a loader with a
-            custom sampler (e.g. ``WeightedRandomSampler``) or a plain list of batches is used
-            as it is.
-        val_data: evaluated with :func:`evaluate` every ``eval_every`` epochs and at the end.
-        num_classes: number of classes, checked against the model's output and the masks.
-        epochs, max_steps: train for this many epochs and/or optimizer steps (first reached).
-        loss: a name for :func:`minseg.losses.get_loss` (``"ce"``, ``"focal"``, ``"dice"``,
-            ``"ce+dice"``, ...) or ``callable(logits, target) -> scalar``; computed in float32.
-        optimizer, lr, weight_decay, momentum: ``"adamw"`` (Loshchilov & Hutter,
-            https://arxiv.org/abs/1711.05101) or ``"sgd"`` with momentum.
-        schedule, warmup_steps, power: learning rate per step, see :func:`lr_factor`.
-        grad_clip: clip the global gradient norm to this value.
-        device, amp, channels_last: default CUDA/MPS/CPU via :func:`minseg.config.device`;
-            mixed precision and channels_last only on CUDA (bf16 where supported, else fp16 with
-            a ``GradScaler``).
-        seed: seeds dropout, augmentation and the data order (not the model's initial weights).
-        log_every: refresh the progress bar's loss every this many steps.
-        checkpoint_dir: write ``<dir>/last.pt`` (atomically) after every epoch, every
-            ``checkpoint_every`` steps and at the end; ``resume=True`` continues from
-            :func:`latest_checkpoint` (a path continues from that file; no checkpoint yet: start
-            from scratch).
-        time_budget_s: stop after the step during which the wall-clock time (since the first
-            call, across resumes) reaches the budget minus the last evaluation's duration, then
-            evaluate once; marks ``history.stopped_early``. ``budget_schedule=True`` also runs
-            the LR schedule on the fraction of the budget used (so a budget-limited run still
-            ends with a decayed LR; not deterministic). ``clock`` is the time source of the
-            budget: wall-clock by default; e.g. ``time.process_time`` gives a CPU-time budget
-            that other processes on a shared machine cannot eat.
-        callbacks: ``callback(event, state)`` with ``event`` in ``"step"``, ``"epoch"``,
-            ``"end"``; ``state`` has ``model``, ``optimizer``, ``step``, ``epoch``, ``loss`` (a
-            0-d tensor at ``"step"``), ``lr``, ``history``, ``elapsed_s``; setting
-            ``state["stop"] = True`` ends training after the current step.
-        progress: tqdm bars (None: see :func:`_show_progress`).
-        profile: the :class:`minseg.config.Profile` to record in checkpoints (default: active).
-        meta: extra metadata for checkpoints, e.g. ``{"model_name": "unet", "model_kwargs":
-            {"width": 16}}`` so that :func:`load_model_from_checkpoint` can rebuild the model.
-    """
-    optimizer = optimizer.lower() if isinstance(optimizer, str) else optimizer
-    schedule = schedule.lower() if isinstance(schedule, str) else schedule
-    _check_args(num_classes, epochs, max_steps, optimizer, schedule, lr, warmup_steps, grad_clip,
-                log_every, eval_every, checkpoint_every, time_budget_s)
-    loss_fn = _resolve_loss(loss)
-    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+def _check_data(train_data, val_data) -> None:
     n_data = _len(getattr(train_data, "dataset", train_data))
     if n_data == 0 or _len(train_data) == 0:
         raise ValueError("train_data is empty" + (
@@ -726,186 +419,146 @@ def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
     if val_data is not None and _len(getattr(val_data, "dataset", val_data)) == 0:
         raise ValueError("val_data is empty; pass None to train without validation")
 
-    # --- devices, processes, precision
-    _init_distributed(config.device(str(device)) if device is not None else None)
-    rank, world = _rank_world()
-    dev = _resolve_device(device)
-    amp_dtype = _amp_dtype(dev, amp)
-    scaler = torch.amp.GradScaler(dev.type, enabled=amp_dtype == torch.float16)
-    fmt = torch.channels_last if (dev.type == "cuda" if channels_last is None else channels_last) \
-        else torch.contiguous_format
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    config.seed_everything(seed + rank)
 
-    # --- model, optimizer, data
-    model.to(dev, memory_format=fmt)
-    net = nn.parallel.DistributedDataParallel(
-        model, device_ids=[dev.index] if dev.type == "cuda" else None) if world > 1 else model
-    opt = _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr,
-                          weight_decay, momentum)
-    for g in opt.param_groups:
-        g["initial_lr"] = lr
-    loader, sampler = _train_loader(train_data, seed, rank, world)
-    steps_per_epoch = _len(loader)
-    if not steps_per_epoch:
-        raise ValueError("train_data must have a length (a DataLoader, a Dataset or a list of "
-                         "batches) and at least one batch")
-    total_steps = min(max_steps or math.inf, (epochs or math.inf) * steps_per_epoch)
-    meta = _model_meta(model, num_classes, getattr(train_data, "dataset", None), meta)
-    run_args = _plain({"loss": loss if isinstance(loss, str) else repr(loss), "optimizer": optimizer,
-                       "lr": lr, "weight_decay": weight_decay, "schedule": schedule,
-                       "epochs": epochs, "max_steps": max_steps, "seed": seed,
-                       "batch_size": getattr(loader, "batch_size", None), "world_size": world})
+def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
+        max_steps: int | None = None, epochs: int | None = None,
+        loss: str | Callable = "ce", optimizer: str = "adamw", lr: float = 1e-3,
+        weight_decay: float = 1e-4, schedule: str = "poly", warmup_steps: int = 0,
+        grad_clip: float | None = None, device: str | torch.device | None = None,
+        amp: bool | None = None, channels_last: bool | None = None, seed: int = 0,
+        checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+        resume: bool | str | os.PathLike = False, time_budget_s: float | None = None,
+        callbacks: Sequence[Callable[[str, dict], None]] = (), progress: bool | None = None,
+        meta: Mapping | None = None) -> History:
+    """Train ``model`` on ``train_data`` for a step budget and return its :class:`History`.
 
-    # --- where training starts: step 0, or where the checkpoint left off
-    pos, history = _Position(), History()
-    path = latest_checkpoint(checkpoint_dir) if resume is True else (Path(resume) if resume else None)
-    if path is not None:
-        pos, history = _restore(path, model, opt, scaler, num_classes, lr, rank, world)
-        if pos.step < total_steps and pos.in_epoch and history and \
-                history.last.get("epoch") == pos.epoch + 1:
-            history.pop()  # a partial epoch's record: rewritten when that epoch ends
-    t_start, c_start = time.perf_counter(), clock()
-
-    def elapsed() -> float:  # wall-clock training time, including earlier calls (resume)
-        return pos.elapsed_s + time.perf_counter() - t_start
-
-    def used() -> float:  # the time budget used so far, measured with `clock`
-        return pos.used_s + clock() - c_start
-
-    def set_lr(step: int) -> float:
-        progress_ = None
-        if budget_schedule and time_budget_s:
-            progress_ = max((step - warmup_steps) / max(1, total_steps - warmup_steps),
-                            used() / max(1e-9, time_budget_s - pos.last_eval_s))
-        factor = lr_factor(step, total_steps, schedule, warmup_steps, power, progress_)
-        for g in opt.param_groups:
-            g["lr"] = g["initial_lr"] * factor
-        return opt.param_groups[0]["lr"]
-
-    def save() -> None:
-        """Every rank contributes its RNG states; rank 0 writes the file."""
-        if checkpoint_dir is None:
-            return
-        rngs = _gather(_rng_state(), world)
-        if rank == 0:
-            history.total_time_s = elapsed()
-            save_checkpoint(
-                Path(checkpoint_dir) / CHECKPOINT_NAME, format=CHECKPOINT_FORMAT,
-                model=model.state_dict(), optimizer=opt.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                scheduler={"schedule": schedule, "step": pos.step, "warmup_steps": warmup_steps,
-                           "total_steps": float(total_steps), "power": power},
-                epoch=pos.epoch, step=pos.step, position={**asdict(pos), "elapsed_s": elapsed(), "used_s": used()},
-                history=history.state_dict(), rng=rngs, profile=_profile_dict(profile),
-                meta=meta, args=run_args)
-
-    def epoch_record(with_eval: bool, lr_now: float) -> dict:
-        """The epoch's statistics, summed over ranks, and its validation scores."""
-        loss_sum, n_steps, n_images = _all_sum(pos.loss_sum, pos.steps, pos.images, device=dev)
-        record = {"epoch": pos.epoch + 1, "step": pos.step, "loss": loss_sum / max(1.0, n_steps),
-                  "lr": lr_now, "images_per_s": n_images / max(1e-9, pos.time_s),
-                  "epoch_time_s": pos.time_s, "steps_in_epoch": pos.in_epoch}
-        if val_data is not None:
-            res = {}
-            if with_eval:
-                cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] \
-                    if dev.type == "cuda" else []
-                with torch.random.fork_rng(devices=cuda):  # must not shift the training RNGs
-                    res = evaluate(model, val_data, num_classes, device=dev,
-                                   amp=amp_dtype is not None, progress=False, loss=loss_fn,
-                                   channels_last=fmt == torch.channels_last)
-                pos.last_eval_s = res["time_s"]
-            nan = float("nan")
-            record.update(miou=res.get("miou", nan), pixel_acc=res.get("pixel_acc", nan),
-                          mdice=res.get("mdice", nan), val_loss=res.get("loss", nan))
-        record["time_s"] = elapsed()
-        return record
-
-    def callback_state(loss_value, lr_now: float) -> dict:
-        return {"model": model, "optimizer": opt, "step": pos.step, "epoch": pos.epoch + 1,
-                "loss": loss_value, "lr": lr_now, "history": history, "elapsed_s": elapsed(),
-                "stop": False}
-
-    # --- the loop: one pass per epoch (the first one may start part-way through)
-    stop = "max_steps" if pos.step >= total_steps else None
-    lr_now, first = opt.param_groups[0]["lr"], True
+    Args:
+        model: maps ``N,3,H,W`` images to ``N,num_classes,H,W`` logits (a dict with ``"out"``,
+            as torchvision's models return, works too). Trained in place.
+        train_data: a :class:`minseg.data.TensorLoader` (fastest), a ``DataLoader`` of
+            ``(images, masks)`` batches (masks ``int64 N,H,W``, 255 = ignore), a ``Dataset`` or a
+            list of batches. Its order is put under ``seed`` by
+            :func:`minseg.data.sampling.seeded_loader`.
+        val_data: evaluated with :func:`evaluate` after every epoch and at the end.
+        num_classes: number of classes, checked against the model's output and the masks.
+        max_steps, epochs: the budget, in optimizer steps and/or epochs (first reached).
+        loss: a name for :func:`minseg.losses.get_loss` (``"ce"``, ``"focal"``, ``"dice"``,
+            ``"ce+dice"``, ...) or ``callable(logits, target) -> scalar``; computed in float32.
+        optimizer, lr, weight_decay: ``"adamw"`` (Loshchilov & Hutter,
+            https://arxiv.org/abs/1711.05101) or ``"sgd"`` with momentum 0.9.
+        schedule, warmup_steps: learning rate per step, see :func:`lr_factor`.
+        grad_clip: clip the global gradient norm to this value.
+        device, amp, channels_last: default CUDA/MPS/CPU via :func:`minseg.config.device`;
+            mixed precision and channels_last only on CUDA (bf16 where supported, else fp16 with
+            a ``GradScaler``).
+        seed: seeds dropout, the data order and the augmentation (not the initial weights).
+        checkpoint_dir: write ``<dir>/last.pt`` (atomically) after every epoch, every
+            ``checkpoint_every`` steps and at the end; ``resume=True`` continues from
+            :func:`latest_checkpoint` (a path continues from that file; no checkpoint yet: start
+            from scratch).
+        time_budget_s: a wall-clock safety cap (seconds, across resumes), not the budget: when
+            it stops a run before its steps are done, ``history.stop_reason`` is
+            ``"time_budget"``, ``history.cut_short`` is True and a warning says how many of the
+            planned steps ran. The last validation's duration is reserved inside the cap.
+        callbacks: ``callback(event, state)`` with ``event`` in ``"step"``, ``"epoch"``,
+            ``"end"``; ``state`` has ``model``, ``optimizer``, ``step``, ``epoch``, ``loss`` (a
+            0-d tensor at ``"step"``), ``lr``, ``history``, ``elapsed_s``; setting
+            ``state["stop"] = True`` ends training after the current step.
+        progress: tqdm bars (None: see :func:`_show_progress`).
+        meta: extra metadata for checkpoints, e.g. ``{"model_name": "unet", "model_kwargs":
+            {"width": 16}}`` so that :func:`load_model_from_checkpoint` can rebuild the model.
+    """
+    optimizer = optimizer.lower() if isinstance(optimizer, str) else optimizer
+    schedule = schedule.lower() if isinstance(schedule, str) else schedule
+    _check_args(num_classes, epochs, max_steps, optimizer, schedule, lr, warmup_steps, grad_clip,
+                checkpoint_every, time_budget_s)
+    _check_data(train_data, val_data)
+    loss_fn = _resolve_loss(loss)
+    callbacks = [callbacks] if callable(callbacks) else list(callbacks)
+    distributed.init(config.device(str(device)) if device is not None else None)
+    run = _Run.start(model, train_data, val_data, num_classes, seed, device, amp, channels_last,
+                     optimizer, lr, weight_decay, loss_fn, checkpoint_dir, resume, meta,
+                     {"loss": loss if isinstance(loss, str) else repr(loss), "lr": lr,
+                      "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
+                      "epochs": epochs, "max_steps": max_steps, "seed": seed})
+    pos, history, loader = run.pos, run.history, run.loader
+    total = min(max_steps or math.inf, (epochs or math.inf) * len(loader))
+    history.planned_steps = total
+    if pos.step < total and pos.in_epoch and history and history.last.get("epoch") == pos.epoch + 1:
+        history.pop()  # a resumed partial epoch's record: rewritten when that epoch ends
+    run.scheduler = {"schedule": schedule, "warmup_steps": warmup_steps, "total_steps": float(total)}
+    if time_budget_s is not None and pos.used_s + pos.last_eval_s >= time_budget_s:
+        raise ValueError(f"time_budget_s={time_budget_s} s is already used up ({pos.used_s:.1f} s "
+                         f"by the run being resumed) and would stop it before its first step")
+    stop = "max_steps" if pos.step >= total else None
     bar = _bar(_show_progress(progress), unit="step", initial=pos.step,
-               total=None if math.isinf(total_steps) else int(total_steps))
+               total=None if math.isinf(total) else int(total))
+    lr_now = run.opt.param_groups[0]["lr"]
     try:
-        while stop is None:
-            net.train()
+        while stop is None:  # one pass per epoch (the first one may start part-way through)
+            run.net.train()
             if bar is not None:
                 bar.set_description(f"epoch {pos.epoch + 1}" + (f"/{epochs}" if epochs else ""))
-            batches = _epoch_batches(loader, sampler, pos.epoch, pos.in_epoch, seed, rank)
-            t0 = time.perf_counter()
-            loss_acc = torch.zeros((), dtype=torch.float64, device=dev)  # no host sync per step
-            for batch in batches:
-                images, masks = _split(batch)
-                images = images.to(dev, non_blocking=True, memory_format=fmt)
-                masks = masks.to(dev, non_blocking=True)
-                lr_now = set_lr(pos.step)
-                loss_value = _train_step(net, opt, scaler, loss_fn, images, masks, amp_dtype,
-                                         grad_clip, check=num_classes if first else None)
-                first = False
-                pos.step, pos.in_epoch, pos.steps = pos.step + 1, pos.in_epoch + 1, pos.steps + 1
-                pos.images += images.shape[0]
+            loader.set_epoch(pos.epoch, pos.in_epoch)
+            t0, loss_acc = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=run.dev)
+            for batch in loader:
+                lr_now = run.set_lr(lr * lr_factor(pos.step, total, schedule, warmup_steps))
+                loss_value = run.step(*_split(batch), grad_clip)
                 loss_acc += loss_value.double()
                 if bar is not None:
-                    if pos.step % log_every == 0:
-                        bar.set_postfix(loss=f"{loss_value.item():.4f}", lr=f"{lr_now:.2e}")
                     bar.update()
-
-                asked = bool(callbacks) and _notify(callbacks, "step",
-                                                    callback_state(loss_value, lr_now))
-                if pos.step >= total_steps:
-                    stop = "max_steps" if max_steps and pos.step >= max_steps else "epochs"
-                elif time_budget_s is not None and used() + pos.last_eval_s >= time_budget_s:
-                    stop = "time_budget"
-                elif asked:
-                    stop = "callback"
-                if world > 1 and (time_budget_s is not None or callbacks):
-                    stop = _agree(stop, dev)  # or a rank that stops alone would hang the others
-                epoch_done = pos.in_epoch >= steps_per_epoch
-                if stop or epoch_done:
+                stop = _stop_reason(pos, total, max_steps, time_budget_s, run, callbacks,
+                                    loss_value, lr_now)
+                if stop or pos.in_epoch >= len(loader):
                     break
                 if checkpoint_every and pos.step % checkpoint_every == 0:
-                    pos.time_s, t0 = pos.time_s + time.perf_counter() - t0, time.perf_counter()
-                    pos.loss_sum += loss_acc.item()
-                    loss_acc.zero_()
-                    save()
-
-            # --- end of an epoch, or of training part-way through one
-            pos.time_s += time.perf_counter() - t0
-            pos.loss_sum += loss_acc.item()
-            epoch_done = pos.in_epoch >= steps_per_epoch
+                    pos.close_segment(t0, loss_acc)
+                    t0 = time.perf_counter()
+                    run.save(checkpoint_dir)
+            pos.close_segment(t0, loss_acc)
+            epoch_done = pos.in_epoch >= len(loader)
             if epoch_done and epochs is not None and pos.epoch + 1 >= epochs:
                 stop = stop or "epochs"
-            record = epoch_record(stop is not None or (epoch_done and (pos.epoch + 1) % eval_every == 0),
-                                  lr_now)
-            history.append(record)
-            if bar is not None and "miou" in record:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", miou=f"{record['miou']:.3f}")
-            if callbacks:
-                asked = _notify(callbacks, "epoch", callback_state(record["loss"], lr_now))
-                stop = stop or ("callback" if asked else None)
-                if world > 1:
-                    stop = _agree(stop, dev)
+            history.append(run.epoch_record(lr_now))
+            if bar is not None:
+                bar.set_postfix({k: f"{history.last[k]:.4f}" for k in ("loss", "miou")
+                                 if k in history.last})
+            if callbacks and _notify(callbacks, "epoch", run.callback_state(history.last["loss"], lr_now)):
+                stop = stop or "callback"
+            if run.world > 1:
+                stop = distributed.agree(stop, run.dev)
             if epoch_done:
                 pos.next_epoch()
-            history.stopped_early = stop in ("time_budget", "callback")
             history.stop_reason = stop
-            save()
+            run.save(checkpoint_dir)
     finally:
         if bar is not None:
             bar.close()
-    history.stopped_early = stop in ("time_budget", "callback")
-    history.stop_reason = stop
-    history.total_time_s = elapsed()
+    history.stop_reason, history.total_time_s = stop, run.elapsed()
+    if stop == "time_budget" and run.rank == 0:
+        warnings.warn(f"the time cap time_budget_s={time_budget_s:g} s stopped training after "
+                      f"{pos.step} of {total:g} planned steps: these results are not the ones "
+                      f"this step budget gives on an idle machine (raise the cap, e.g. "
+                      f"{config.BUDGET_ENV}, or lower max_steps)", RuntimeWarning, stacklevel=2)
     if callbacks:
-        _notify(callbacks, "end", {**callback_state(None, lr_now), "epoch": pos.epoch, "stop": True})
+        _notify(callbacks, "end", {**run.callback_state(None, lr_now), "epoch": pos.epoch,
+                                   "stop": True})
     return history
+
+
+def _stop_reason(pos, total, max_steps, time_budget_s, run, callbacks, loss_value, lr_now):
+    """Why training stops after this step (None: it goes on). The same answer on every rank."""
+    asked = bool(callbacks) and _notify(callbacks, "step", run.callback_state(loss_value, lr_now))
+    stop = None
+    if pos.step >= total:
+        stop = "max_steps" if max_steps and pos.step >= max_steps else "epochs"
+    elif time_budget_s is not None and run.used() + pos.last_eval_s >= time_budget_s:
+        stop = "time_budget"
+    elif asked:
+        stop = "callback"
+    if run.world > 1 and (time_budget_s is not None or callbacks):
+        stop = distributed.agree(stop, run.dev)  # or a rank that stops alone would hang the others
+    return stop
 
 
 @dataclass
@@ -917,88 +570,143 @@ class _Position:
     epoch: int = 0  # the current epoch, 0-based
     in_epoch: int = 0  # steps done in the current epoch
     elapsed_s: float = 0.0  # wall-clock training time of earlier calls (resume)
-    used_s: float = 0.0  # time budget used by earlier calls (measured with fit's `clock`)
-    last_eval_s: float = 0.0  # how long the last evaluation took (the time budget reserves it)
+    used_s: float = 0.0  # the same, counted for the time cap
+    last_eval_s: float = 0.0  # how long the last evaluation took (the time cap reserves it)
     loss_sum: float = 0.0  # the current epoch's statistics so far (this rank)
     steps: int = 0
     images: int = 0
     time_s: float = 0.0
+
+    def advance(self, images: int) -> None:
+        self.step, self.in_epoch, self.steps = self.step + 1, self.in_epoch + 1, self.steps + 1
+        self.images += images
+
+    def close_segment(self, t0: float, loss_acc: torch.Tensor) -> None:
+        """Add the time and losses since ``t0`` to the epoch's statistics (one host sync)."""
+        self.time_s += time.perf_counter() - t0
+        self.loss_sum += loss_acc.item()
+        loss_acc.zero_()
 
     def next_epoch(self) -> None:
         self.epoch, self.in_epoch = self.epoch + 1, 0
         self.loss_sum, self.steps, self.images, self.time_s = 0.0, 0, 0, 0.0
 
 
-def _train_step(net: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                loss_fn: Callable, images: torch.Tensor, masks: torch.Tensor,
-                amp_dtype: torch.dtype | None, grad_clip: float | None,
-                check: int | None = None) -> torch.Tensor:
-    """One optimizer step; returns the detached loss. ``check=num_classes`` first validates the
-    batch and the model's output (before anything is updated)."""
-    with _autocast(images.device, amp_dtype):
-        logits = _logits(net(images))
-    if check is not None:
-        _check_first_batch(images, masks, logits, check)
-    loss = loss_fn(logits.float(), masks)  # the loss in float32, also under autocast
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
-    if grad_clip is not None:
-        scaler.unscale_(opt)
-        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    return loss.detach()
+class _Run:
+    """The state of one :func:`fit` call: device, wrapped model, optimizer, data, position."""
+
+    @classmethod
+    def start(cls, model, train_data, val_data, num_classes, seed, device, amp, channels_last,
+              optimizer, lr, weight_decay, loss_fn, checkpoint_dir, resume, meta, args) -> "_Run":
+        r = cls()
+        r.rank, r.world = distributed.rank_world()
+        r.dev = _resolve_device(device)
+        r.amp_dtype = _amp_dtype(r.dev, amp)
+        r.scaler = torch.amp.GradScaler(r.dev.type, enabled=r.amp_dtype == torch.float16)
+        cl = r.dev.type == "cuda" if channels_last is None else channels_last
+        r.fmt = torch.channels_last if cl else torch.contiguous_format
+        if r.dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        config.seed_everything(seed + r.rank)
+        r.model, r.num_classes, r.val_data, r.loss_fn = model, num_classes, val_data, loss_fn
+        model.to(r.dev, memory_format=r.fmt)
+        r.net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[r.dev.index] if r.dev.type == "cuda" else None) if r.world > 1 else model
+        params = [p for p in model.parameters() if p.requires_grad]
+        r.opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if optimizer == "adamw"
+                 else torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay))
+        r.loader = seeded_loader(train_data, seed, r.rank, r.world)
+        if not _len(r.loader):
+            raise ValueError("train_data must have a length (a TensorLoader, a DataLoader, a "
+                             "Dataset or a list of batches) and at least one batch")
+        r.meta = checkpoint.model_meta(model, num_classes, getattr(train_data, "dataset", None), meta)
+        r.args = checkpoint.plain_data({**args, "batch_size": getattr(r.loader, "batch_size", None),
+                                        "world_size": r.world})
+        r.pos, r.history, r.first = _Position(), History(), True
+        path = latest_checkpoint(checkpoint_dir) if resume is True else (Path(resume) if resume else None)
+        if path is not None:
+            ckpt = checkpoint.restore_training(path, model, r.opt, r.scaler, num_classes, lr,
+                                               r.rank, r.world)
+            r.pos, r.history = _Position(**ckpt["position"]), History.from_state_dict(ckpt["history"])
+        r.t_start = time.perf_counter()
+        return r
+
+    def elapsed(self) -> float:  # wall-clock training time, including earlier calls (resume)
+        return self.pos.elapsed_s + time.perf_counter() - self.t_start
+
+    def used(self) -> float:  # the time counted against the cap
+        return self.pos.used_s + time.perf_counter() - self.t_start
+
+    def set_lr(self, value: float) -> float:
+        for g in self.opt.param_groups:
+            g["lr"] = value
+        return value
+
+    def step(self, images: torch.Tensor, masks: torch.Tensor, grad_clip: float | None) -> torch.Tensor:
+        """One optimizer step; returns the detached loss. The first batch of a call is checked
+        (shapes, classes, the model's output) before anything is updated."""
+        images = images.to(self.dev, non_blocking=True, memory_format=self.fmt)
+        masks = masks.to(self.dev, non_blocking=True)
+        with _autocast(images.device, self.amp_dtype):
+            logits = _logits(self.net(images))
+        if self.first:
+            _check_first_batch(images, masks, logits, self.num_classes)
+            self.first = False
+        loss = self.loss_fn(logits.float(), masks)  # the loss in float32, also under autocast
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+        if grad_clip is not None:
+            self.scaler.unscale_(self.opt)
+            nn.utils.clip_grad_norm_(self.net.parameters(), grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.pos.advance(images.shape[0])
+        return loss.detach()
+
+    def epoch_record(self, lr_now: float) -> dict:
+        """The epoch's statistics, summed over ranks, and its validation scores."""
+        pos = self.pos
+        loss_sum, n_steps, n_images = distributed.all_sum(pos.loss_sum, pos.steps, pos.images,
+                                                          device=self.dev)
+        record = {"epoch": pos.epoch + 1, "step": pos.step, "loss": loss_sum / max(1.0, n_steps),
+                  "lr": lr_now, "images_per_s": n_images / max(1e-9, pos.time_s),
+                  "epoch_time_s": pos.time_s, "steps_in_epoch": pos.in_epoch}
+        if self.val_data is not None:
+            cuda = [self.dev.index if self.dev.index is not None else torch.cuda.current_device()] \
+                if self.dev.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):  # must not shift the training RNGs
+                res = evaluate(self.model, self.val_data, self.num_classes, device=self.dev,
+                               amp=self.amp_dtype is not None, progress=False, loss=self.loss_fn,
+                               channels_last=self.fmt == torch.channels_last)
+            pos.last_eval_s = res["time_s"]
+            record.update(miou=res["miou"], pixel_acc=res["pixel_acc"], mdice=res["mdice"],
+                          val_loss=res["loss"])
+        record["time_s"] = self.elapsed()
+        return record
+
+    def callback_state(self, loss_value, lr_now: float) -> dict:
+        return {"model": self.model, "optimizer": self.opt, "step": self.pos.step,
+                "epoch": self.pos.epoch + 1, "loss": loss_value, "lr": lr_now,
+                "history": self.history, "elapsed_s": self.elapsed(), "stop": False}
+
+    def save(self, checkpoint_dir) -> None:
+        """Every rank contributes its RNG states; rank 0 writes the file."""
+        if checkpoint_dir is None:
+            return
+        rngs = distributed.gather(checkpoint.rng_state(), self.world)
+        if self.rank == 0:
+            self.history.total_time_s = self.elapsed()
+            save_checkpoint(
+                Path(checkpoint_dir) / CHECKPOINT_NAME, format=checkpoint.CHECKPOINT_FORMAT,
+                model=self.model.state_dict(), optimizer=self.opt.state_dict(),
+                scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                scheduler={**self.scheduler, "step": self.pos.step}, step=self.pos.step, epoch=self.pos.epoch,
+                position={**asdict(self.pos), "elapsed_s": self.elapsed(), "used_s": self.used()},
+                history=self.history.state_dict(), rng=rngs,
+                profile=checkpoint.profile_dict(None), meta=self.meta, args=self.args)
 
 
-def _epoch_batches(loader, sampler: _EpochSampler | None, epoch: int, in_epoch: int, seed: int,
-                   rank: int):
-    """Epoch ``epoch``'s batches after the first ``in_epoch`` (already done when resuming)."""
-    if sampler is not None:
-        sampler.set_epoch(epoch)
-        sampler.start = in_epoch * loader.batch_size
-        loader.generator.manual_seed(seed + 1_000_003 * epoch + 7919 * rank)  # worker seeds
-        return iter(loader)
-    if in_epoch and isinstance(loader, (list, tuple)):
-        return iter(loader[in_epoch:])
-    return iter(loader)  # a custom sampler: its own order (not resumable mid-epoch exactly)
-
-
-def _restore(path: Path, model: nn.Module, opt, scaler, num_classes: int, lr: float, rank: int,
-             world: int) -> tuple[_Position, History]:
-    """Load model, optimizer, scaler and RNG states from ``path``; return position and history."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("meta", {}).get("num_classes") not in (None, num_classes):
-        raise ValueError(f"checkpoint {path} was trained with num_classes="
-                         f"{ckpt['meta']['num_classes']}, not {num_classes}")
-    _load_model_state(model, ckpt["model"], path)
-    try:
-        opt.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"checkpoint {path}: its optimizer state does not fit this run's "
-                         f"optimizer ({e})") from None
-    for g in opt.param_groups:
-        g["initial_lr"] = lr  # this call's lr is the base of the schedule
-    if ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    rngs = ckpt["rng"]
-    _set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
-    return _Position(**ckpt["position"]), History.from_state_dict(ckpt["history"])
-
-
-_STOPS = (None, "epochs", "max_steps", "time_budget", "callback")
-
-
-def _agree(stop: str | None, device: torch.device) -> str | None:
-    """The same stop decision on every rank (the "largest" one any rank made)."""
-    t = torch.tensor([_STOPS.index(stop)], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return _STOPS[int(t.item())]
-
-
-def _gather(obj, world: int) -> list:
-    """``[obj of rank 0, obj of rank 1, ...]`` on every rank."""
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+def _notify(callbacks, event: str, state: dict) -> bool:
+    for cb in callbacks:
+        cb(event, state)
+    return bool(state.get("stop"))

@@ -2,7 +2,9 @@
 
 Every rank trains the same tiny model with :func:`minseg.train.fit` (DDP, DistributedSampler)
 and evaluates it (each rank a share of the data, confusion matrices summed with all_reduce),
-then trains another one that a callback on rank 1 alone stops.
+then trains another one that a callback on rank 1 alone stops, then a third one from a
+:class:`minseg.data.TensorLoader` over the synthetic VOC tree at ``argv[2]`` (the decoded-tensor
+path: each rank takes its shard of every epoch, augmented with the rank's own seed).
 Rank r writes ``rank{r}.pt`` with its weights, history and confusion matrix into ``argv[1]``.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from test_ddp import BATCH, EPOCHS, ddp_data, ddp_net  # noqa: E402
 from minseg.train import evaluate, fit  # noqa: E402
 
 
-def main(out: Path) -> None:
+def main(out: Path, voc_root: Path) -> None:
     train_ds, val_ds = ddp_data()
     model = ddp_net()
     train = torch.utils.data.DataLoader(train_ds, batch_size=BATCH, shuffle=True)
@@ -37,7 +39,16 @@ def main(out: Path) -> None:
 
     stopped = fit(ddp_net(), train, None, num_classes=3, epochs=5, device="cpu",
                   callbacks=[rank1_stops])
+    from minseg.data import BatchAugment, TensorLoader, decoded_split
+
+    split = decoded_split(voc_root, "train", size=32, classes=["person", "car"],
+                          cache_dir=out / "cache")  # both ranks may write it: atomic
+    tensors = TensorLoader(split, batch_size=BATCH, augment=BatchAugment())
+    tensor_model = ddp_net()
+    tensor_hist = fit(tensor_model, tensors, None, num_classes=3, epochs=2, device="cpu", seed=5)
     torch.save({"state": model.state_dict(), "history": [dict(r) for r in history],
+                "tensor_state": tensor_model.state_dict(), "tensor_steps": tensor_hist.steps,
+                "tensor_images": len(split),
                 "cm": res["confusion_matrix"], "images": res["images"],
                 "world": int(os.environ["WORLD_SIZE"]),
                 "stopped": (stopped.last["step"], stopped.stop_reason)}, out / f"rank{rank}.pt")
@@ -46,4 +57,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

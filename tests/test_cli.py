@@ -40,9 +40,10 @@ def test_demo_runs_in_smoke_profile(tmp_path):
     out = run("demo", "--out", str(tmp_path / "demo"), "--budget", "3",
               env={"MINSEG_DATA": str(tmp_path / "data")})
     assert out.returncode == 0, out.stderr
-    assert "val mIoU" in out.stdout
+    assert "val mIoU" in out.stdout and "task: person, car, boat, aeroplane, dog" in out.stdout
     res = json.loads((tmp_path / "demo/results.json").read_text())
-    assert 0.0 <= res["miou"] <= 1.0 and res["steps"] >= 1
+    assert 0.0 <= res["miou"] <= 1.0 and res["steps"] == res["planned_steps"] == 4
+    assert res["classes"][0] == "background" and len(res["classes"]) == 6
     assert (tmp_path / "demo/predictions.png").stat().st_size > 1000
 
 

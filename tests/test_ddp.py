@@ -31,7 +31,7 @@ def ddp_net() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 1))
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+def test_two_gloo_ranks_match_one_process(tmp_path, voc_root):
     from minseg.train import evaluate, fit, load_checkpoint
 
     worker = Path(__file__).with_name("ddp_worker.py")
@@ -39,7 +39,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                           os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(worker), str(tmp_path)]
+           str(worker), str(tmp_path), str(voc_root)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -52,6 +52,12 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert torch.equal(r0["cm"], r1["cm"])
     untimed = [[{k: v for k, v in r.items() if "_s" not in k} for r in x["history"]] for x in (r0, r1)]
     assert untimed[0] == untimed[1]
+
+    # the decoded-tensor path: replicas stay identical, each rank runs half the batches
+    for k in r0["tensor_state"]:
+        assert torch.equal(r0["tensor_state"][k], r1["tensor_state"][k]), k
+    per_rank = -(-r0["tensor_images"] // 2)  # a DistributedSampler pads to equal shares
+    assert r0["tensor_steps"] == r1["tensor_steps"] == 2 * (per_rank // BATCH)
 
     # the summed confusion matrix equals the single-process one on the same data and weights
     train_ds, val_ds = ddp_data()

@@ -106,28 +106,44 @@ def test_time_budget_stops_early_evaluates_and_marks_the_history():
 
     ds = blob_data(16)
     t0 = time.perf_counter()
-    h = fit(tiny_net(), loader(ds, 4), loader(ds, 8, False), num_classes=3, epochs=1000,
-            time_budget_s=0.4, callbacks=[slow])
+    with pytest.warns(RuntimeWarning, match="time cap"):
+        h = fit(tiny_net(), loader(ds, 4), loader(ds, 8, False), num_classes=3, epochs=1000,
+                time_budget_s=0.4, callbacks=[slow])
     took = time.perf_counter() - t0
-    assert h.stopped_early and h.stop_reason == "time_budget"
+    assert h.stopped_early and h.cut_short and h.stop_reason == "time_budget"
     assert 1 <= h.last["step"] < 1000 * 4
     assert math.isfinite(h.last["miou"])  # evaluated once at the end
     assert took < 5.0
 
 
-def test_budget_on_a_custom_clock_also_drives_the_schedule():
-    ticks = [0.0]  # a clock that advances one "second" per step
-    lrs = []
-
-    def tick(event, state):
+def test_a_time_cap_that_cuts_a_run_short_says_so():
+    def slow(event, state):
         if event == "step":
-            ticks[0] += 1.0
-            lrs.append(state["lr"])
+            time.sleep(0.05)
 
-    h = fit(tiny_net(), loader(blob_data(32)), num_classes=3, epochs=100, lr=0.1,
-            time_budget_s=5, budget_schedule=True, clock=lambda: ticks[0], callbacks=[tick])
-    assert h.last["step"] == 5 and h.stop_reason == "time_budget"
-    assert lrs == pytest.approx([0.1 * (1 - i / 5) ** 0.9 for i in range(5)])
+    with pytest.warns(RuntimeWarning, match=r"stopped training after \d+ of 40 planned steps"):
+        h = fit(tiny_net(), loader(blob_data(32)), num_classes=3, max_steps=40,
+                time_budget_s=0.2, callbacks=[slow])
+    assert h.cut_short and h.stopped_early and h.planned_steps == 40 and h.steps < 40
+    assert "cut short by the time cap" in repr(h)
+    h = fit(tiny_net(), loader(blob_data(32)), num_classes=3, max_steps=3, time_budget_s=60)
+    assert not h.cut_short and h.steps == 3 and h.stop_reason == "max_steps"
+
+
+def test_a_cap_used_up_before_the_first_step_is_an_error(tmp_path):
+    dl = loader(blob_data(32))
+    fit(tiny_net(), dl, num_classes=3, max_steps=2, checkpoint_dir=tmp_path)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    ck["position"]["used_s"] = 100.0  # as if the first part had run for 100 s
+    save_checkpoint(tmp_path / "last.pt", **ck)
+    with pytest.raises(ValueError, match="already used up"):
+        fit(tiny_net(), dl, num_classes=3, max_steps=4, checkpoint_dir=tmp_path, resume=True,
+            time_budget_s=50)
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="time_budget_s must be None or > 0"):
+            fit(tiny_net(), dl, num_classes=3, max_steps=4, time_budget_s=bad)
+    with pytest.raises(ValueError, match="max_steps must be a positive int"):
+        fit(tiny_net(), dl, num_classes=3, max_steps=0)
 
 
 def test_callbacks_see_each_step_and_can_stop():
@@ -303,7 +319,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_one(tmp_path, monkey
 # bad input: clear errors before any training step
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
-    ({}, "epochs=... or max_steps"),
+    ({}, "pass max_steps=..."),
     ({"epochs": 1, "loss": "hinge"}, "unknown loss"),
     ({"epochs": 1, "optimizer": "adam"}, "unknown optimizer"),
     ({"epochs": 1, "schedule": "step"}, "unknown schedule"),
@@ -347,8 +363,7 @@ def test_bad_models_and_data_fail_before_any_step(tmp_path):
 
 def test_progress_bars_when_asked(capfd):
     ds = blob_data(8)
-    fit(tiny_net(), loader(ds, 4), loader(ds), num_classes=3, epochs=2, log_every=1,
-        progress=True)
+    fit(tiny_net(), loader(ds, 4), loader(ds), num_classes=3, epochs=2, progress=True)
     evaluate(tiny_net(), loader(ds), 3, progress=True)
     err = capfd.readouterr().err
     assert "epoch 2/2" in err and "miou=" in err and "eval" in err
@@ -356,8 +371,7 @@ def test_progress_bars_when_asked(capfd):
 
 def test_quiet_under_pytest(capfd):
     assert T._show_progress(None) is False
-    fit(tiny_net(), loader(blob_data(8)), loader(blob_data(8)), num_classes=3, epochs=1,
-        log_every=1)
+    fit(tiny_net(), loader(blob_data(8)), loader(blob_data(8)), num_classes=3, epochs=1)
     evaluate(tiny_net(), loader(blob_data(8)), 3)
     out, err = capfd.readouterr()
     assert out == "" and err == ""

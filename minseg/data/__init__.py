@@ -1,12 +1,19 @@
-"""Data: the VOC reader, the built-in synthetic VOC-format set, joint transforms, loaders."""
+"""Data: the VOC reader, the built-in synthetic VOC-format set, decoded-tensor loaders.
+
+Training reads decoded tensors: :func:`build_loaders` decodes each split once through the VOC
+reader (:func:`decoded_split`, cached on disk) and returns :class:`TensorLoader` s that
+augment whole batches on the training device (:class:`BatchAugment`). The per-sample
+``VOCSegmentationDataset`` with torchvision v2 transforms (:func:`build_datasets`) stays for
+reading single images, their files and annotations.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-from torch.utils.data import DataLoader
-
+from minseg.data.augment import BatchAugment
+from minseg.data.loader import TensorLoader
 from minseg.data.synthetic import make_synthetic_voc
+from minseg.data.tensors import TensorSegmentationData, decoded_split
 from minseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms,
                                     train_transforms)
 from minseg.data.voc import (IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES, VOC_PALETTE,
@@ -50,25 +57,39 @@ def build_datasets(cfg=None, *, root=None, classes: Sequence[str] | None = None,
     return train, val
 
 
-def build_loaders(cfg=None, *, batch_size: int | None = None, **kw):
-    """``(train_loader, val_loader)`` over :func:`build_datasets`; shuffling seeded by the profile."""
+def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
+                  others: str = "background", augment: bool | BatchAugment = True,
+                  train_limit: int | None = None, val_limit: int | None = None,
+                  batch_size: int | None = None, seed: int | None = None):
+    """``(train, val)`` :class:`TensorLoader` s for a profile, on its device.
+
+    Both splits are decoded once at the profile's ``image_size`` and cached
+    (:func:`decoded_split`). Training batches are shuffled and, with ``augment=True``, get a
+    random scale in [0.5, 2], a crop back to ``image_size`` (mask padded with 255) and a
+    horizontal flip (:class:`BatchAugment`; pass one to change it, or ``False`` for none).
+    Validation batches come in order, unaugmented. ``seed`` (default: the profile's) seeds the
+    order and the augmentation when the loader is iterated directly; :func:`minseg.train.fit`
+    replaces it with its own ``seed``.
+    """
     from minseg.config import profile
 
     cfg = cfg or profile()
-    train, val = build_datasets(cfg, **kw)
+    root = root or data_root(cfg)
+    common = dict(size=cfg.image_size, classes=classes, others=others)
+    train = decoded_split(root, "train", limit=train_limit or cfg.num_train, **common)
+    val = decoded_split(root, "val", limit=val_limit or cfg.num_val, **common)
     bs = batch_size or cfg.batch_size
-    g = torch.Generator().manual_seed(cfg.seed)
-    common = dict(num_workers=cfg.num_workers, pin_memory=cfg.device.startswith("cuda"),
-                  persistent_workers=cfg.num_workers > 0)
-    train_loader = DataLoader(train, batch_size=bs, shuffle=True, drop_last=len(train) > bs,
-                              generator=g, **common)
-    val_loader = DataLoader(val, batch_size=bs, shuffle=False, **common)
-    return train_loader, val_loader
+    device = cfg.device if str(cfg.device).startswith("cuda") else None
+    aug = BatchAugment() if augment is True else (augment or None)
+    seed = cfg.seed if seed is None else seed
+    return (TensorLoader(train, bs, shuffle=True, augment=aug, seed=seed, device=device),
+            TensorLoader(val, bs, shuffle=False, device=device))
 
 
 __all__ = [
-    "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_VOC_CLASSES", "VOC_CLASSES",
-    "VOC_PALETTE", "VOCSegmentationDataset", "build_datasets", "build_loaders",
+    "BatchAugment", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_VOC_CLASSES",
+    "TensorLoader", "TensorSegmentationData", "VOC_CLASSES", "VOC_PALETTE",
+    "VOCSegmentationDataset", "build_datasets", "build_loaders", "decoded_split",
     "check_voc_tree", "class_lut", "data_root", "denormalize", "download_voc",
     "eval_transforms", "find_voc", "make_synthetic_voc", "read_annotation", "read_mask",
     "train_transforms", "voc_colormap",
