@@ -15,24 +15,21 @@ fewer images, which is exactly the trade-off a CPU user faces.
 
     python bench/learning.py                    # 120 s per model (about 12 minutes in all)
     python bench/learning.py --budget 30 --models fastscnn,pspnet --peers tv_deeplabv3
-    python bench/learning.py --clock cpu --threads 1    # on a machine shared with other jobs
 
 Choices that keep the comparison about the models:
 
-* The learning-rate schedule runs on the budget (``fit(..., budget_schedule=True)``): every
-  model's learning rate decays to zero exactly when its time is up, whatever its speed.
-* ``--pipeline memory`` (default) decodes the set once and augments whole batches (random
-  scale 0.5-2, crop, flip: the lessons' geometry without colour jitter). The lessons' per-image
-  pipeline (``--pipeline standard``) costs 20-60 ms per image on 2 cores, more than a small
-  model's step, and would mostly measure JPEG decoding and jitter.
-* ``--clock wall`` (default) is a wall-clock budget: right on an idle machine, meaningless when
-  other jobs come and go. ``--clock cpu`` budgets this process's CPU seconds per thread
-  (``time.process_time``), which other processes cannot eat; with ``--threads 1`` no OpenMP
-  spinning is counted either. The table records the load average during each run.
+* The budget becomes a step count per model: a probe times 5 training steps after 2 warm-up
+  steps, and the model trains for ``budget / step time`` steps with the poly schedule over
+  exactly those steps, so every model's learning rate decays to zero when its time is up,
+  whatever its speed, and the run itself is deterministic.
+* The data is the lessons' pipeline, :func:`minseg.data.build_loaders`: decoded once into
+  tensors, whole batches augmented (random scale 0.5-2, crop, flip).
+* Run it on an idle machine: the table records the load average during each run.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -43,13 +40,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minseg.config import profile, seed_everything  # noqa: E402
-from minseg.data import (IGNORE_INDEX, VOCSegmentationDataset, build_loaders,  # noqa: E402
-                         eval_transforms, make_synthetic_voc)
+from minseg.data import IGNORE_INDEX, build_loaders, make_synthetic_voc  # noqa: E402
 from minseg.train import evaluate, fit  # noqa: E402
 
 NUM_CLASSES = 21
@@ -92,43 +87,20 @@ def minseg_model(spec: str) -> nn.Module:
     return build_model(name, NUM_CLASSES, **kwargs)
 
 
-def in_memory_loaders(root: Path, cfg, workers: int = 0) -> tuple[DataLoader, DataLoader]:
-    """The synthetic set decoded once into memory (normalised float images, int64 masks), with
-    the geometric augmentation done on whole batches (:func:`augment_batch`)."""
-    def load(split: str, limit: int) -> TensorDataset:
-        ds = VOCSegmentationDataset(root, split, transforms=eval_transforms(None), limit=limit)
-        pairs = [ds[i] for i in range(len(ds))]
-        return TensorDataset(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
-
-    train, val = load("train", cfg.num_train), load("val", cfg.num_val)
-    return (DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                       collate_fn=augment_batch, num_workers=workers),
-            DataLoader(val, batch_size=50))
-
-
-def augment_batch(samples, scale: tuple[float, float] = (0.5, 2.0), hflip: float = 0.5):
-    """Collate and augment a batch at once: one random rescale (bilinear for images, nearest for
-    masks), a random crop back to the original size (padding: 0 for images, 255 = ignore for
-    masks) and per-image horizontal flips: the standard pipeline's geometry, minus colour
-    jitter, in a few milliseconds instead of tens per image."""
-    x = torch.stack([s[0] for s in samples])
-    y = torch.stack([s[1] for s in samples])
-    n, _, h, w = x.shape
-    f = float(torch.empty(()).uniform_(*scale))
-    sh, sw = max(1, round(h * f)), max(1, round(w * f))
-    x = F.interpolate(x, size=(sh, sw), mode="bilinear", align_corners=False)
-    y = F.interpolate(y[:, None].float(), size=(sh, sw), mode="nearest")[:, 0].long()
-    if sh < h or sw < w:  # pad to at least h x w
-        ph, pw = max(0, h - sh), max(0, w - sw)
-        top, left = int(torch.randint(ph + 1, ())), int(torch.randint(pw + 1, ()))
-        x = F.pad(x, (left, pw - left, top, ph - top), value=0.0)
-        y = F.pad(y, (left, pw - left, top, ph - top), value=IGNORE_INDEX)
-    top = int(torch.randint(x.shape[-2] - h + 1, ()))
-    left = int(torch.randint(x.shape[-1] - w + 1, ()))
-    x, y = x[..., top:top + h, left:left + w], y[..., top:top + h, left:left + w]
-    flip = torch.rand(n) < hflip
-    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-    return x.contiguous(), y.contiguous()
+def step_time(model: nn.Module, train) -> float:
+    """Seconds per training step of ``model`` on ``train``'s batches (median of 5, after 2)."""
+    probe = copy.deepcopy(model)
+    opt = torch.optim.AdamW(probe.parameters(), lr=1e-3)
+    times = []
+    for i, (x, y) in zip(range(7), train):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(probe(x), y, ignore_index=IGNORE_INDEX)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
 
 
 def run_one(label: str, build, loaders, args) -> dict:
@@ -136,11 +108,9 @@ def run_one(label: str, build, loaders, args) -> dict:
     seed_everything(args.seed)
     model = build()
     params = sum(p.numel() for p in model.parameters())
-    threads = torch.get_num_threads()
-    clock = time.perf_counter if args.clock == "wall" else (lambda: time.process_time() / threads)
+    steps = max(1, int(args.budget / step_time(model, train)))
     t0, c0 = time.perf_counter(), time.process_time()
-    history = fit(model, train, None, num_classes=NUM_CLASSES, epochs=10**6,
-                  time_budget_s=args.budget, budget_schedule=True, clock=clock, loss=args.loss,
+    history = fit(model, train, None, num_classes=NUM_CLASSES, max_steps=steps, loss=args.loss,
                   optimizer="adamw", lr=args.lr, weight_decay=1e-4, schedule="poly",
                   warmup_steps=args.warmup, device="cpu", seed=args.seed, progress=False)
     train_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
@@ -162,24 +132,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budget", type=float, default=120.0, help="training seconds per model")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: the budget is wall-clock seconds; cpu: this process's CPU seconds "
-                        "per thread (fair when other jobs share the machine; use --threads 1)")
     p.add_argument("--models", default="fastscnn:width=16,pspnet:width=16,deeplabv3:width=16",
                    help="comma-separated minseg models, name[:key=value...] (JSON values)")
     p.add_argument("--peers", default="smp_unet_r18,tv_deeplabv3", help="comma-separated peers")
     p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--num-train", type=int, default=400)
-    p.add_argument("--num-val", type=int, default=100)
+    p.add_argument("--num-train", type=int, default=3000)
+    p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (all models)")
     p.add_argument("--warmup", type=int, default=20, help="warm-up steps (all models)")
     p.add_argument("--loss", default="ce")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pipeline", choices=("memory", "standard"), default="memory",
-                   help="memory: decode once, augment whole batches (scale, crop, flip); "
-                        "standard: minseg.data.build_loaders as the lessons use it (per-image "
-                        "v2 transforms with colour jitter, slow on 2 cores)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
@@ -192,13 +155,10 @@ def main(argv=None) -> int:
     root = make_synthetic_voc(num_train=args.num_train, num_val=args.num_val,
                               image_size=args.image_size, seed=args.seed)
     t0 = time.perf_counter()
-    if args.pipeline == "standard":
-        loaders = build_loaders(cfg, root=root)
-    else:
-        loaders = in_memory_loaders(root, cfg)
-    print(f"data: {args.pipeline} pipeline ready in {time.perf_counter() - t0:.1f}s", flush=True)
+    loaders = build_loaders(cfg, root=root)
+    print(f"data: decoded tensors ready in {time.perf_counter() - t0:.1f}s", flush=True)
     print(f"learning benchmark: {args.num_train} train / {args.num_val} val synthetic images at "
-          f"{args.image_size} px, batch {args.batch_size}, {args.budget:.0f} s ({args.clock} clock) per model, AdamW "
+          f"{args.image_size} px, batch {args.batch_size}, {args.budget:.0f} s per model (as steps), AdamW "
           f"lr {args.lr:g}, poly schedule on the budget, loss {args.loss}; torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}",
           flush=True)

@@ -250,3 +250,13 @@ def test_fit_with_a_step_budget_is_deterministic_on_tensor_loaders(voc_root, cac
         runs.append((model.state_dict(), h["loss"]))
     (a, la), (b, lb) = runs
     assert la == lb and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_head_takes_the_first_images_without_decoding(voc_root, cache):
+    data = decoded_split(voc_root, "train", size=64, cache_dir=cache)
+    five = data.head(5)
+    assert len(five) == 5 and torch.equal(five.images, data.images[:5])
+    assert five.names == data.names[:5] and five.image_path(4) == data.image_path(4)
+    assert len(data) == 24  # the original is untouched
+    with pytest.raises(ValueError, match="n must be in 1..24"):
+        data.head(0)

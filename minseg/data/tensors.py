@@ -26,6 +26,7 @@ split is decoded in memory with a warning and training goes on.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -92,6 +93,15 @@ class TensorSegmentationData(torch.utils.data.Dataset):
     @property
     def image_size(self) -> int:
         return self.images.shape[-1]
+
+    def head(self, n: int) -> "TensorSegmentationData":
+        """The first ``n`` images (e.g. a learning curve over training-set sizes), without
+        decoding anything again."""
+        if not 1 <= n <= len(self):
+            raise ValueError(f"n must be in 1..{len(self)}, got {n}")
+        source = copy.copy(self.source)
+        source.indices, source.names = self.source.indices[:n], self.source.names[:n]
+        return TensorSegmentationData(self.images[:n], self.masks[:n], source, self.fit)
 
     def to(self, device: str | torch.device) -> "TensorSegmentationData":
         """The same data on ``device`` (e.g. CUDA, so that augmentation runs there)."""
