@@ -66,7 +66,7 @@ def _base_profiles(dev: str) -> dict[str, Profile]:
         # A 2-core laptop: a few minutes per lesson, enough to see each effect. Thousands of
         # generated images (seconds to make), so that a run of `steps` steps does not overfit.
         "cpu": Profile("cpu", dev, "synthetic", image_size=96, num_train=3000, num_val=200,
-                       batch_size=16, steps=400, time_budget_s=300.0, width=16, amp=False,
+                       batch_size=16, steps=300, time_budget_s=300.0, width=16, amp=False,
                        channels_last=False, num_workers=0),
         # A CUDA GPU: real VOC 2012 when present (else a larger synthetic set), AMP.
         # 3,600 steps of 16 images: about 40 epochs of VOC's 1,464 training images.
