@@ -4,7 +4,7 @@
 >>> cfg = minseg.profile()                                   # smoke / cpu / gpu sizes
 >>> train_loader, val_loader = minseg.data.build_loaders(cfg)   # doctest: +SKIP
 >>> model = minseg.build_model("unet", 21, width=cfg.width)
->>> history = minseg.fit(model, train_loader, val_loader, num_classes=21, epochs=cfg.epochs)  # doctest: +SKIP
+>>> history = minseg.fit(model, train_loader, val_loader, num_classes=21, max_steps=cfg.steps)  # doctest: +SKIP
 """
 from minseg import config, data, losses, metrics, viz
 from minseg.config import device, profile, seed_everything

@@ -10,7 +10,8 @@ batch of ``uint8`` images and masks is augmented with a handful of tensor operat
   (void), so padding costs nothing in the loss, as in :func:`minseg.data.train_transforms`.
 * **colour jitter** on images only: per-image brightness, contrast and saturation factors in
   ``[1 - jitter, 1 + jitter]`` (the same blends as torchvision's ``adjust_*`` functions, with
-  per-image factors instead of one per call, in that fixed order).
+  per-image factors instead of one per call, in that fixed order; the grey image comes from
+  torchvision's batched ``rgb_to_grayscale``).
 
 Then images are converted to float and normalised with ImageNet mean/std, masks to ``int64``.
 torchvision's v2 functional ops apply one parameter set to a whole batch, which is why the
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from minseg.data.tensors import normalize_uint8
 from minseg.validate import IGNORE_INDEX
@@ -107,9 +109,9 @@ class BatchAugment:
     def _jitter(x: torch.Tensor, p: dict) -> torch.Tensor:
         """Brightness, contrast, saturation with per-image factors (images in [0, 1])."""
         view = lambda t: t.float().to(x.device).view(-1, 1, 1, 1)  # noqa: E731
-        gray = lambda t: (0.2989 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])  # noqa: E731
         x = (x * view(p["brightness"])).clamp(0, 1)
         c = view(p["contrast"])
-        x = (c * x + (1 - c) * gray(x).mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+        grey_mean = TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (c * x + (1 - c) * grey_mean).clamp(0, 1)
         s = view(p["saturation"])
-        return (s * x + (1 - s) * gray(x)).clamp(0, 1)
+        return (s * x + (1 - s) * TF.rgb_to_grayscale(x)).clamp(0, 1)

@@ -201,10 +201,15 @@ def eval_shard(data, rank: int = 0, world: int = 1, batch_size: int | None = Non
 def _masks(dataset) -> Iterable[torch.Tensor]:
     """The masks of a dataset, read cheaply when possible.
 
-    A :class:`minseg.data.VOCSegmentationDataset` is read from its PNGs with its class remapping
+    A :class:`minseg.data.TensorSegmentationData` gives its stored (un-augmented) masks; a
+    :class:`minseg.data.VOCSegmentationDataset` is read from its PNGs with its class remapping
     and *without* its transforms (a random crop could drop a class); any other dataset is
     indexed and the last element of each item is taken as the mask.
     """
+    masks = getattr(dataset, "masks", None)
+    if isinstance(masks, torch.Tensor) and masks.ndim == 3:  # decoded tensors, un-augmented
+        yield from masks.long()
+        return
     if hasattr(dataset, "mask_path") and hasattr(dataset, "lut"):
         from minseg.data.voc import read_mask
 

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from minseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from minseg.data.voc import VOCSegmentationDataset
@@ -58,9 +59,7 @@ def default_cache_dir() -> Path:
 def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
     """``uint8 N,3,H,W`` (or float in 0..255) to float32 normalised with ImageNet mean/std,
     exactly what :func:`minseg.data.eval_transforms` produces from the same pixels."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+    return TF.normalize(images.float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
 
 
 class TensorSegmentationData(torch.utils.data.Dataset):
