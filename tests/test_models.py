@@ -61,7 +61,11 @@ def overfit_data(n=4, size=32, num_classes=4):
         y0, x0 = torch.randint(0, size // 2, (2,), generator=g).tolist()
         mask[i, y0:y0 + size // 2, x0:x0 + size // 2] = (i + 1) % num_classes
     colours = torch.randn(num_classes, 3, generator=g)
-    x = colours[mask].permute(0, 3, 1, 2) + 0.3 * torch.randn(n, 3, size, size, generator=g)
+    # contiguous NCHW, as a loader gives: the permuted (channels-last) tensor sends the 4-channel
+    # stride-2 1x1 shortcut to oneDNN's jit_1x1 backward-weights kernel, which hangs on AVX2 with
+    # 2 threads when in_channels < 8 (uxlfoundation/oneDNN#6035)
+    x = colours[mask].permute(0, 3, 1, 2).contiguous()
+    x = x + 0.3 * torch.randn(n, 3, size, size, generator=g)
     return x, mask
 
 
