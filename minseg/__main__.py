@@ -27,6 +27,28 @@ def _parse_classes(text: str | None) -> list[str] | None:
     return [c.strip() for c in text.split(",") if c.strip()] if text else None
 
 
+def _scale_range(text: str) -> tuple[float, float]:
+    """``"0.75,1.25"`` -> ``(0.75, 1.25)``: argparse's type for a random-scale range."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers LO,HI, got {text!r}") from None
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _model_kwargs(text: str) -> dict:
+    """argparse's type for ``--model-kwargs``: a JSON object."""
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e}): {text!r}") from None
+    if not isinstance(kwargs, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return kwargs
+
+
 def _load_data(cfg, data: str, root: str | None, classes, batch_size=None, augment=True):
     from minseg.data import build_loaders, data_root, find_voc
 
@@ -62,18 +84,21 @@ def cmd_data(args) -> int:
 
 
 # The demo's task and recipe, chosen by measurement on 2 idle CPU cores (bench/demo.py compares
-# the candidates): the model that learns most per CPU-second, a VOC class subset whose objects
-# the synthetic scenes show often, and a step budget that fits in about a minute and a half.
-DEMO = {"model": "fastscnn", "classes": ("person", "car", "boat", "aeroplane", "dog"),
-        "steps": 600, "lr": 5e-3, "batch_size": 16}
-DEMO_WHY = ("a 5-class subset of VOC (the objects most frequent in the synthetic scenes; the other "
-            "15 classes count as background), so that a 2-core laptop sees a model segment in "
-            "about 90 s; train all 21 classes with `python -m minseg train`")
+# the candidates): DeepLabV3 with a one-block-per-stage encoder (the fastest learner per
+# CPU-second of those tried), VOC classes whose silhouettes the 96-px synthetic scenes resolve,
+# mild scale augmentation, and a step budget that trains in about a minute.
+DEMO = {"model": "deeplabv3", "model_kwargs": {"encoder_blocks": (1, 1)},
+        "classes": ("person", "car", "boat", "aeroplane", "train"),
+        "steps": 800, "lr": 5e-3, "batch_size": 16, "scale": (0.75, 1.25)}
+DEMO_WHY = ("a 5-class subset of VOC, frequent and large enough to resolve at 96 px (dog, cat and "
+            "the thin or rare classes need more training than a demo has; the other 15 classes "
+            "count as background), so that a 2-core laptop sees a model segment in about a minute; "
+            "train all 21 classes with `python -m minseg train`")
 
 
 def cmd_demo(args) -> int:
     from minseg.config import profile, seed_everything
-    from minseg.data import build_loaders, data_root
+    from minseg.data import BatchAugment, build_loaders, data_root
     from minseg.models import build_model, count_parameters
     from minseg.train import evaluate, fit
     from minseg.viz import plot_curves, show_grid
@@ -84,16 +109,23 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     classes = _parse_classes(args.classes) if args.classes else list(DEMO["classes"])
+    scale = args.scale or DEMO["scale"]
     train_loader, val_loader = build_loaders(cfg, root=data_root(cfg.replace(data="synthetic")),
-                                             classes=classes, batch_size=DEMO["batch_size"])
+                                             classes=classes, batch_size=DEMO["batch_size"],
+                                             augment=BatchAugment(scale=scale))
     ds = val_loader.dataset
     print(f"data: {len(train_loader.dataset)} train / {len(ds)} val images of the built-in "
           f"synthetic VOC set at {ds.root}, decoded to tensors ({time.perf_counter() - t0:.1f}s)")
     print(f"task: {', '.join(ds.classes[1:])} vs background" +
           (f": {DEMO_WHY}" if not args.classes else ""))
     seed_everything(cfg.seed)
-    model = build_model(args.model, ds.num_classes, width=cfg.width)
-    print(f"model: {args.model}, {count_parameters(model) / 1e6:.2f} M parameters")
+    if args.model_kwargs is not None:
+        kwargs = args.model_kwargs
+    else:  # the recipe's settings belong to the recipe's model
+        kwargs = dict(DEMO["model_kwargs"]) if args.model == DEMO["model"] else {}
+    model = build_model(args.model, ds.num_classes, width=cfg.width, **kwargs)
+    print(f"model: {args.model} {kwargs or ''}, {count_parameters(model) / 1e6:.2f} M parameters; "
+          f"augmentation: flips, random scale {scale[0]:g}-{scale[1]:g}")
     steps = args.steps or (DEMO["steps"] if cfg.name != "smoke" else cfg.steps)
     history = fit(model, train_loader, None, num_classes=ds.num_classes, max_steps=steps,
                   lr=args.lr, time_budget_s=args.budget or cfg.time_budget_s, seed=cfg.seed,
@@ -113,7 +145,8 @@ def cmd_demo(args) -> int:
     fig.savefig(out / "predictions.png", dpi=100)
     plot_curves(history, keys=["loss", "lr"]).savefig(out / "curves.png", dpi=100)
     (out / "results.json").write_text(json.dumps(
-        {"profile": cfg.name, "model": args.model, "classes": list(ds.classes),
+        {"profile": cfg.name, "model": args.model, "model_kwargs": kwargs, "scale": list(scale),
+         "classes": list(ds.classes),
          "miou": results["miou"], "pixel_acc": results["pixel_acc"], "steps": history.steps,
          "planned_steps": steps, "cut_short": history.cut_short, "train_s": train_s,
          "total_s": time.perf_counter() - t0}, indent=1))
@@ -135,7 +168,7 @@ def cmd_train(args) -> int:
                                           args.batch_size)
     num_classes = train_loader.dataset.num_classes
     seed_everything(args.seed)
-    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    kwargs = args.model_kwargs or {}
     kwargs.setdefault("width", cfg.width)
     model = build_model(args.model, num_classes, **kwargs)
     print(f"model {args.model} ({count_parameters(model) / 1e6:.2f} M parameters), "
@@ -185,13 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate (or reuse) the synthetic VOC-format dataset, train a "
                                    "small model for a fixed number of steps on a 5-class subset, "
                                    "evaluate mIoU on val and save a figure of predictions. About "
-                                   "90 s of training on 2 CPU cores.")
+                                   "a minute of training on 2 CPU cores.")
     _add_profile(p)
     p.add_argument("--model", default=DEMO["model"], help="model name (see minseg.models.MODELS)")
+    p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
+                   help=f"JSON for build_model (default: {json.dumps(DEMO['model_kwargs'])} for "
+                        f"{DEMO['model']}, none for other models)")
     p.add_argument("--classes", default=None,
                    help=f"comma-separated VOC classes (default: {','.join(DEMO['classes'])})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimizer steps (default: {DEMO['steps']}; the smoke profile's otherwise)")
+    p.add_argument("--scale", type=_scale_range, default=None, help="random-scale range of the augmentation, e.g. "
+                   f"0.5,2 (default: {DEMO['scale'][0]:g},{DEMO['scale'][1]:g})")
     p.add_argument("--budget", type=float, default=None,
                    help="safety cap in seconds (default: the profile's time_budget_s)")
     p.add_argument("--lr", type=float, default=DEMO["lr"], help="peak learning rate (AdamW)")
@@ -217,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "torchrun for several GPUs or machines.")
     _add_profile(p)
     p.add_argument("--model", default="unet")
-    p.add_argument("--model-kwargs", default=None, help='JSON, e.g. \'{"skips": false}\'')
+    p.add_argument("--model-kwargs", type=_model_kwargs, default=None, help='JSON, e.g. \'{"skips": false}\'')
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
     p.add_argument("--root", default=None, help="folder containing VOCdevkit (default: auto)")
     p.add_argument("--classes", default=None, help="comma-separated VOC class subset, e.g. person,car")

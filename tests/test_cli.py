@@ -40,11 +40,21 @@ def test_demo_runs_in_smoke_profile(tmp_path):
     out = run("demo", "--out", str(tmp_path / "demo"), "--budget", "3",
               env={"MINSEG_DATA": str(tmp_path / "data")})
     assert out.returncode == 0, out.stderr
-    assert "val mIoU" in out.stdout and "task: person, car, boat, aeroplane, dog" in out.stdout
+    assert "val mIoU" in out.stdout and "task: person, car, boat, aeroplane, train" in out.stdout
     res = json.loads((tmp_path / "demo/results.json").read_text())
     assert 0.0 <= res["miou"] <= 1.0 and res["steps"] == res["planned_steps"] == 4
+    assert res["model"] == "deeplabv3" and res["model_kwargs"] == {"encoder_blocks": [1, 1]}
+    assert res["scale"] == [0.75, 1.25]
     assert res["classes"][0] == "background" and len(res["classes"]) == 6
     assert (tmp_path / "demo/predictions.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--scale", "2"), "two numbers"), (("--scale", "1.5,0.5"), "LO <= HI"),
+    (("--model-kwargs", "{width: 8}"), "not JSON"), (("--model-kwargs", "[1]"), "JSON object")])
+def test_demo_rejects_bad_recipe_options(args, message):
+    out = run("demo", *args)
+    assert out.returncode == 2 and message in out.stderr
 
 
 def test_train_then_eval_checkpoint(tmp_path):
