@@ -29,15 +29,17 @@ OLD_FIVE = "person,car,boat,aeroplane,dog"  # dog: the class the shipped subset 
 SHALLOW = ["--model-kwargs", '{"encoder_blocks": [1, 1]}']
 CANDIDATES = {
     "shipped": [],
-    "pspnet-shallow-850": ["--model", "pspnet", *SHALLOW, "--steps", "850"],
-    "fastscnn-500-flips": ["--model", "fastscnn", "--steps", "500", "--lr", "1e-2", "--scale", "1,1"],
-    "deeplabv3-shallow-700-flips": [*SHALLOW, "--steps", "700", "--lr", "1e-2", "--scale", "1,1"],
+    "deeplabv3-shallow-800": ["--model", "deeplabv3", *SHALLOW, "--steps", "800", "--lr", "5e-3",
+                              "--scale", "0.75,1.25"],
+    "pspnet-shallow-850": ["--model", "pspnet", *SHALLOW, "--steps", "850", "--lr", "5e-3",
+                           "--scale", "0.75,1.25"],
+    "deeplabv3-shallow-700": ["--model", "deeplabv3", *SHALLOW, "--steps", "700"],
     "shipped-with-dog": ["--classes", OLD_FIVE],
-    "fastscnn-450-scale-0.5-2": ["--model", "fastscnn", "--steps", "450", "--scale", "0.5,2"],
-    "deeplabv3-full-400": ["--model", "deeplabv3", "--model-kwargs", "{}", "--steps", "400"],
+    "fastscnn-450-scale-0.5-2": ["--steps", "450", "--lr", "5e-3", "--scale", "0.5,2"],
+    "deeplabv3-full-400": ["--model", "deeplabv3", "--steps", "400", "--lr", "5e-3",
+                           "--scale", "0.75,1.25"],
     "unet-300": ["--model", "unet", "--steps", "300"],
-    "fastscnn-21-classes": ["--model", "fastscnn", "--steps", "500", "--lr", "1e-2", "--scale",
-                            "1,1", "--classes", ",".join(
+    "shipped-21-classes": ["--classes", ",".join(
         ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
          "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
          "train", "tvmonitor"])],

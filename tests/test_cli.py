@@ -43,8 +43,7 @@ def test_demo_runs_in_smoke_profile(tmp_path):
     assert "val mIoU" in out.stdout and "task: person, car, boat, aeroplane, train" in out.stdout
     res = json.loads((tmp_path / "demo/results.json").read_text())
     assert 0.0 <= res["miou"] <= 1.0 and res["steps"] == res["planned_steps"] == 4
-    assert res["model"] == "deeplabv3" and res["model_kwargs"] == {"encoder_blocks": [1, 1]}
-    assert res["scale"] == [0.75, 1.25]
+    assert res["model"] == "fastscnn" and res["model_kwargs"] == {} and res["scale"] == [1, 1]
     assert res["classes"][0] == "background" and len(res["classes"]) == 6
     assert (tmp_path / "demo/predictions.png").stat().st_size > 1000
 
@@ -52,6 +51,16 @@ def test_demo_runs_in_smoke_profile(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (("--scale", "2"), "two numbers"), (("--scale", "1.5,0.5"), "LO <= HI"),
     (("--model-kwargs", "{width: 8}"), "not JSON"), (("--model-kwargs", "[1]"), "JSON object")])
+def test_demo_recipe_options_reach_the_run(tmp_path):
+    out = run("demo", "--out", str(tmp_path / "demo"), "--model", "deeplabv3", "--model-kwargs",
+              '{"encoder_blocks": [1, 1]}', "--scale", "0.75,1.25", "--steps", "1",
+              env={"MINSEG_DATA": str(tmp_path / "data")})
+    assert out.returncode == 0, out.stderr
+    assert "random scale 0.75-1.25" in out.stdout
+    res = json.loads((tmp_path / "demo/results.json").read_text())
+    assert res["model_kwargs"] == {"encoder_blocks": [1, 1]} and res["steps"] == 1
+
+
 def test_demo_rejects_bad_recipe_options(args, message):
     out = run("demo", *args)
     assert out.returncode == 2 and message in out.stderr
