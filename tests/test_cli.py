@@ -48,9 +48,6 @@ def test_demo_runs_in_smoke_profile(tmp_path):
     assert (tmp_path / "demo/predictions.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--scale", "2"), "two numbers"), (("--scale", "1.5,0.5"), "LO <= HI"),
-    (("--model-kwargs", "{width: 8}"), "not JSON"), (("--model-kwargs", "[1]"), "JSON object")])
 def test_demo_recipe_options_reach_the_run(tmp_path):
     out = run("demo", "--out", str(tmp_path / "demo"), "--model", "deeplabv3", "--model-kwargs",
               '{"encoder_blocks": [1, 1]}', "--scale", "0.75,1.25", "--steps", "1",
@@ -61,6 +58,9 @@ def test_demo_recipe_options_reach_the_run(tmp_path):
     assert res["model_kwargs"] == {"encoder_blocks": [1, 1]} and res["steps"] == 1
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--scale", "2"), "two numbers"), (("--scale", "1.5,0.5"), "LO <= HI"),
+    (("--model-kwargs", "{width: 8}"), "not JSON"), (("--model-kwargs", "[1]"), "JSON object")])
 def test_demo_rejects_bad_recipe_options(args, message):
     out = run("demo", *args)
     assert out.returncode == 2 and message in out.stderr
