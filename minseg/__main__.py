@@ -126,7 +126,8 @@ def cmd_demo(args) -> int:
         kwargs = dict(DEMO["model_kwargs"]) if args.model == DEMO["model"] else {}
     model = build_model(args.model, ds.num_classes, width=cfg.width, **kwargs)
     aug = "flips" + (f", random scale {scale[0]:g}-{scale[1]:g}" if scale != (1, 1) else " only")
-    print(f"model: {args.model} {kwargs or ''}, {count_parameters(model) / 1e6:.2f} M parameters; "
+    shown = f"{args.model} {json.dumps(kwargs)}" if kwargs else args.model
+    print(f"model: {shown}, {count_parameters(model) / 1e6:.2f} M parameters; "
           f"augmentation: {aug}")
     steps = args.steps or (DEMO["steps"] if cfg.name != "smoke" else cfg.steps)
     history = fit(model, train_loader, None, num_classes=ds.num_classes, max_steps=steps,
