@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minseg.cost import load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # name: extra `minseg demo` arguments. The shipped recipe first, then the runners-up and the
@@ -53,7 +55,7 @@ def run(extra: list[str], out: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     res = json.loads((out / "results.json").read_text())
-    res["load"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    res["load"] = load_average()
     return res
 
 
@@ -75,8 +77,10 @@ def main(argv=None) -> int:
                       flush=True)
             m = [r["miou"] for r in results]
             t = [r["train_s"] for r in results]
-            rows.append((name, results[0]["model"] + (" " + json.dumps(results[0]["model_kwargs"])
-                                                    if results[0]["model_kwargs"] else ""), len(results[0]["classes"]) - 1,
+            first = results[0]
+            model = " ".join([first["model"]] + ([json.dumps(first["model_kwargs"])]
+                                                 if first["model_kwargs"] else []))
+            rows.append((name, model, len(first["classes"]) - 1,
                          results[0]["planned_steps"], m, t, [r["total_s"] for r in results],
                          all(r["miou"] >= 0.60 and r["train_s"] <= 90 for r in results)))
     sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731

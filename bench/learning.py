@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import platform
 import sys
 import time
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minseg.config import profile, seed_everything  # noqa: E402
+from minseg.cost import load_average  # noqa: E402
 from minseg.data import IGNORE_INDEX, build_loaders, make_synthetic_voc  # noqa: E402
 from minseg.train import evaluate, fit  # noqa: E402
 
@@ -120,7 +120,7 @@ def run_one(label: str, build, loaders, args) -> dict:
            "images": steps * train.batch_size, "images_per_s": steps * train.batch_size / train_s,
            "images_per_cpu_s": steps * train.batch_size / max(1e-9, cpu_s),
            "train_s": train_s, "cpu_s": cpu_s, "miou": res["miou"], "pixel_acc": res["pixel_acc"],
-           "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")}
+           "load": load_average()}
     print(f"  {label}: {row['params_M']:.2f} M params, {steps} steps in {train_s:.0f}s wall, "
           f"{cpu_s:.0f}s CPU "
           f"({row['images_per_s']:.1f} img/s), val mIoU {row['miou']:.4f}, load "

@@ -20,7 +20,6 @@ printed next to every row.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,13 +31,14 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from minseg.config import profile, seed_everything  # noqa: E402
+from minseg.cost import load_average  # noqa: E402
 from minseg.data import (IGNORE_INDEX, VOCSegmentationDataset, build_loaders,  # noqa: E402
                          make_synthetic_voc, train_transforms)
 from minseg.models import build_model  # noqa: E402
 
 
 def _load() -> str:
-    return f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "n/a"
+    return f"{load_average():.2f}"
 
 
 def images_per_s(model, batches, steps: int, warmup: int = 2) -> float:

@@ -88,7 +88,7 @@ def cmd_data(args) -> int:
 # encoder, and the quickest of the three), VOC classes whose silhouettes the 96-px synthetic
 # scenes resolve, flips only (random scaling slows learning this short) and a step budget that
 # trains in about a minute.
-DEMO = {"model": "fastscnn", "model_kwargs": {},
+DEMO = {"model": "fastscnn",
         "classes": ("person", "car", "boat", "aeroplane", "train"),
         "steps": 500, "lr": 1e-2, "batch_size": 16, "scale": (1.0, 1.0)}
 DEMO_WHY = ("a 5-class subset of VOC, frequent and large enough to resolve at 96 px (dog, cat and "
@@ -120,10 +120,7 @@ def cmd_demo(args) -> int:
     print(f"task: {', '.join(ds.classes[1:])} vs background" +
           (f": {DEMO_WHY}" if not args.classes else ""))
     seed_everything(cfg.seed)
-    if args.model_kwargs is not None:
-        kwargs = args.model_kwargs
-    else:  # the recipe's settings belong to the recipe's model
-        kwargs = dict(DEMO["model_kwargs"]) if args.model == DEMO["model"] else {}
+    kwargs = args.model_kwargs or {}
     model = build_model(args.model, ds.num_classes, width=cfg.width, **kwargs)
     aug = "flips" + (f", random scale {scale[0]:g}-{scale[1]:g}" if scale != (1, 1) else " only")
     shown = f"{args.model} {json.dumps(kwargs)}" if kwargs else args.model
@@ -225,15 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(p)
     p.add_argument("--model", default=DEMO["model"], help="model name (see minseg.models.MODELS)")
     p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
-                   help="JSON for build_model, e.g. '{\"encoder_blocks\": [1, 1]}' (default: "
-                        f"{json.dumps(DEMO['model_kwargs'])} for {DEMO['model']}, none for other "
-                        "models)")
+                   help="JSON for build_model, e.g. '{\"encoder_blocks\": [1, 1]}'")
     p.add_argument("--classes", default=None,
                    help=f"comma-separated VOC classes (default: {','.join(DEMO['classes'])})")
     p.add_argument("--steps", type=int, default=None,
                    help=f"optimizer steps (default: {DEMO['steps']}; the smoke profile's otherwise)")
-    p.add_argument("--scale", type=_scale_range, default=None, help="random-scale range of the augmentation, e.g. "
-                   f"0.5,2 (default: {DEMO['scale'][0]:g},{DEMO['scale'][1]:g})")
+    p.add_argument("--scale", type=_scale_range, default=None,
+                   help="random-scale range of the augmentation, e.g. 0.5,2 "
+                        f"(default: {DEMO['scale'][0]:g},{DEMO['scale'][1]:g})")
     p.add_argument("--budget", type=float, default=None,
                    help="safety cap in seconds (default: the profile's time_budget_s)")
     p.add_argument("--lr", type=float, default=DEMO["lr"], help="peak learning rate (AdamW)")
@@ -259,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "torchrun for several GPUs or machines.")
     _add_profile(p)
     p.add_argument("--model", default="unet")
-    p.add_argument("--model-kwargs", type=_model_kwargs, default=None, help='JSON, e.g. \'{"skips": false}\'')
+    p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
+                   help='JSON, e.g. \'{"skips": false}\'')
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
     p.add_argument("--root", default=None, help="folder containing VOCdevkit (default: auto)")
     p.add_argument("--classes", default=None, help="comma-separated VOC class subset, e.g. person,car")

@@ -12,6 +12,8 @@ interpolation are cheap in FLOPs, though not free in time).
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -108,6 +110,12 @@ def conv2d_cost(in_ch: int, out_ch: int, kernel: int, height: int, width: int, *
     weights = kernel * kernel * (in_ch // groups) * out_ch
     macs = weights * h_out * w_out
     return {"params": weights + (out_ch if bias else 0), "macs": macs, "flops": 2 * macs}
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none): printed next to every timing, since
+    a figure taken while other work saturates the cores is not a figure."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def median_time(fn, *, warmup: int = 2, reps: int = 5, cuda_sync: bool | None = None) -> float:

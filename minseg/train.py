@@ -70,6 +70,7 @@ __all__ = [
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("poly", "cosine", "constant")
 QUIET_ENV = "MINSEG_QUIET"
+CUT_SHORT = "stopped training after"  # in the warning a time cap gives; tools look for it
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,7 +537,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
             bar.close()
     history.stop_reason, history.total_time_s = stop, run.elapsed()
     if stop == "time_budget" and run.rank == 0:
-        warnings.warn(f"the time cap time_budget_s={time_budget_s:g} s stopped training after "
+        warnings.warn(f"the time cap time_budget_s={time_budget_s:g} s {CUT_SHORT} "
                       f"{pos.step} of {total:g} planned steps: these results are not the ones "
                       f"this step budget gives on an idle machine (raise the cap, e.g. "
                       f"{config.BUDGET_ENV}, or lower max_steps)", RuntimeWarning, stacklevel=2)

@@ -22,6 +22,9 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+from minseg.cost import load_average
+from minseg.train import CUT_SHORT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,7 +43,7 @@ def run_one(path: Path, out: Path, timeout: int) -> tuple[float, str]:
     # fit warns when its time cap stops a run before its step budget: the lesson's numbers are
     # then not the profile's, so the table says so
     texts = (o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    if status == "ok" and any("stopped training after" in t for t in texts):
+    if status == "ok" and any(CUT_SHORT in t for t in texts):
         status = "cut short by the time cap"
     return elapsed, status
 
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         elapsed, status = run_one(path.resolve(), out, args.timeout)
         total += elapsed
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        load = load_average()
         lines.append(f"| {path.stem} | {elapsed // 60:.0f}:{elapsed % 60:02.0f} | {load:.2f} | "
                      f"{status} |")
         print(lines[-1], flush=True)
