@@ -30,7 +30,9 @@ class Profile:
 
     ``data`` is ``"synthetic"`` (the built-in VOC-format set) or ``"voc"`` (real Pascal VOC 2012
     when it is found on disk; see :func:`minseg.data.find_voc`). ``steps`` is the optimizer-step
-    budget of one training run; ``time_budget_s`` only a wall-clock safety cap on it.
+    budget of one training run; ``time_budget_s`` only a wall-clock safety cap on it. ``seeds``
+    is how many seeds a lesson's comparison trains each variant with (see
+    :func:`minseg.experiment.compare`): one proves the code runs, three give an interval.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Profile:
     channels_last: bool
     num_workers: int
     seed: int = 0
+    seeds: int = 1
 
     def __str__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k != "name")
@@ -67,12 +70,12 @@ def _base_profiles(dev: str) -> dict[str, Profile]:
         # generated images (seconds to make), so that a run of `steps` steps does not overfit.
         "cpu": Profile("cpu", dev, "synthetic", image_size=96, num_train=3000, num_val=200,
                        batch_size=16, steps=300, time_budget_s=300.0, width=16, amp=False,
-                       channels_last=False, num_workers=0),
+                       channels_last=False, num_workers=0, seeds=3),
         # A CUDA GPU: real VOC 2012 when present (else a larger synthetic set), AMP.
         # 3,600 steps of 16 images: about 40 epochs of VOC's 1,464 training images.
         "gpu": Profile("gpu", dev, "voc", image_size=320, num_train=1464, num_val=500,
                        batch_size=16, steps=3600, time_budget_s=1800.0, width=32, amp=True,
-                       channels_last=True, num_workers=4),
+                       channels_last=True, num_workers=4, seeds=3),
     }
 
 

@@ -1,22 +1,31 @@
-"""Small helpers for the lessons' experiments: train variants for one step budget, measure, tabulate.
+"""The lessons' experiments: train variants over seeds for one step budget, measure, judge.
 
 Every lesson backs its answer with a comparison ("U-Net with vs without skips", "ASPP vs a plain
-head", ...). :func:`compare` runs such a comparison the same way each time: every variant is
-built from the same seed, trained by :func:`minseg.train.fit` on the same batches for the same
-number of steps, and measured on the same validation set.
+head", ...). :func:`compare` runs such a comparison the same way each time: for each of several
+seeds, every variant is built from that seed, trained by :func:`minseg.train.fit` on the same
+batches for the same number of steps, and measured on the same validation set. The
+:class:`Comparison` it returns reads the runs through :mod:`minseg.stats`: means with 95 %
+intervals, paired differences, and the verdict sentence. :func:`evidence` records a lesson's
+claim and its verdict for the course's evidence table (``EVIDENCE.md``).
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
-from typing import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
 
 from minseg.config import Profile, profile, seed_everything
-from minseg.metrics import ConfusionMatrix, boundary_f1
+from minseg.metrics import ConfusionMatrix, boundary_f1, scores_from_confusion
 from minseg.models import count_parameters
+from minseg.stats import (Difference, Interval, bootstrap_difference, format_pm, mean_interval,
+                          paired_difference, per_image_confusion)
 
 
 @torch.no_grad()
@@ -76,40 +85,196 @@ def measure(model: nn.Module, val_loader: Iterable, num_classes: int,
                                        num_classes=num_classes)}
 
 
-def compare(variants: Mapping[str, Callable[[], nn.Module]], train_loader, val_loader, *,
-            num_classes: int, cfg: Profile | None = None, steps: int | None = None,
-            budget_s: float | None = None, seed: int = 0, **fit_kwargs) -> list[dict]:
-    """Train each variant on the same data for the same number of steps and measure it.
+@dataclass
+class Variant:
+    """One arm of a comparison: a function that builds a fresh model, and what it trains with
+    that the other arms do not (its own ``train_loader``, or :func:`minseg.train.fit` keyword
+    arguments such as ``loss``). A plain builder function is a ``Variant`` with nothing of its
+    own."""
 
-    ``variants`` maps a name to a function that builds a fresh model (called right after
-    ``seed_everything(seed)``, so every variant starts from the same random state). Every variant
-    trains for ``steps`` optimizer steps (default: the profile's ``steps``) with the same
-    ``seed``, so it sees the same batches in the same order with the same augmentation.
-    ``budget_s`` is a wall-clock safety cap per variant (default: the profile's
-    ``time_budget_s``); a variant it cuts short is flagged in the row (``cut_short``).
-    Other keyword arguments go to :func:`minseg.train.fit` (``loss``, ``lr``, ``epochs``...).
-    Returns one row per variant: name, params, steps, train_s, cut_short, miou, pixel_acc,
-    mdice, boundary_f1, iou (per class), history and the trained model.
+    build: Callable[[], nn.Module]
+    train_loader: Any = None
+    fit_kwargs: dict = field(default_factory=dict)
+
+
+class Comparison:
+    """The result of :func:`compare`: every run of every variant, and what they say together.
+
+    ``runs[name]`` holds one row per seed (metrics, steps, train_s, the trained model, the
+    per-image confusion matrices ``cms`` and the predictions). ``rows`` gives one summary row
+    per variant (means over seeds); :meth:`interval` a metric's mean with its 95 % interval;
+    :meth:`difference` the paired difference of two variants with its interval and verdict;
+    :meth:`table` a Markdown table of ``mean ± half-width``.
+    """
+
+    def __init__(self, runs: dict[str, list[dict]], seeds: list[int], targets: torch.Tensor,
+                 num_classes: int):
+        self.runs, self.seeds, self.targets, self.num_classes = runs, seeds, targets, num_classes
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.runs)
+
+    def values(self, name: str, metric: str) -> list[float]:
+        """``metric`` of variant ``name``, one value per seed."""
+        self._check(name)
+        try:
+            return [float(r[metric]) for r in self.runs[name]]
+        except KeyError:
+            raise KeyError(f"no metric {metric!r} in the runs of {name!r}; measured: "
+                           f"{', '.join(_scalar_keys(self.runs[name][0]))}") from None
+
+    def interval(self, name: str, metric: str = "miou") -> Interval:
+        """Mean of ``metric`` over seeds with its 95 % t interval."""
+        return mean_interval(self.values(name, metric))
+
+    def model(self, name: str, seed_index: int = -1) -> nn.Module:
+        """The trained model of one run (by default the last seed's)."""
+        self._check(name)
+        return self.runs[name][seed_index]["model"]
+
+    def difference(self, a: str, b: str, metric: str = "miou", *, label: str | None = None,
+                   higher_is_better: bool = True) -> Difference:
+        """``a`` minus ``b`` on ``metric``, paired by seed.
+
+        With two or more seeds the interval is Student's t over the per-seed differences. With a
+        single seed (the ``smoke`` profile) and a confusion-matrix score (``miou``,
+        ``pixel_acc``, ``mdice``...), it is a paired bootstrap over validation images instead;
+        other metrics of a single run get no interval. ``label`` names the metric in the
+        verdict (default: ``metric``).
+        """
+        if len(self.seeds) > 1:
+            iv = paired_difference(self.values(a, metric), self.values(b, metric))
+        elif metric in _CM_SCORES:
+            self._check(a), self._check(b)
+            iv = bootstrap_difference(self.runs[a][0]["cms"], self.runs[b][0]["cms"], metric,
+                                      seed=self.seeds[0])
+        else:
+            iv = mean_interval([self.values(a, metric)[0] - self.values(b, metric)[0]])
+        return Difference(a, b, label or metric, iv, higher_is_better,
+                          steps=self.runs[a][0]["steps"])
+
+    @property
+    def rows(self) -> list[dict]:
+        """One row per variant: name, params, steps, seeds and the mean over seeds of every
+        scalar metric."""
+        out = []
+        for name, runs in self.runs.items():
+            row = {"name": name, "params": runs[0]["params"], "steps": runs[0]["steps"],
+                   "seeds": len(runs)}
+            for k in _scalar_keys(runs[0]):
+                if k not in row:
+                    row[k] = sum(float(r[k]) for r in runs) / len(runs)
+            out.append(row)
+        return out
+
+    def table(self, columns: Sequence[str] = ("name", "params", "steps", "miou")) -> str:
+        """A Markdown table, one row per variant; measured columns show ``mean ± half-width``
+        (95 % t interval over seeds; the mean alone with one seed)."""
+        rows = []
+        for summary in self.rows:
+            row = {}
+            for c in columns:
+                if c in ("name", "params", "steps", "seeds") or c not in summary:
+                    row[c] = summary.get(c, "")
+                else:
+                    row[c] = format_pm(self.interval(summary["name"], c))
+            rows.append(row)
+        return format_table(rows, columns)
+
+    def _check(self, name: str) -> None:
+        if name not in self.runs:
+            raise KeyError(f"no variant {name!r}; the variants are {', '.join(self.runs)}")
+
+    def __repr__(self) -> str:
+        return f"Comparison({', '.join(self.runs)}; seeds {self.seeds})"
+
+
+_CM_SCORES = ("miou", "pixel_acc", "mdice", "mean_acc", "fwiou")
+
+
+def _scalar_keys(row: Mapping) -> list[str]:
+    skip = {"name", "params", "steps", "seed", "cut_short"}
+    return [k for k, v in row.items() if k not in skip and isinstance(v, (int, float))
+            and not isinstance(v, bool)]
+
+
+def seeds_for(cfg: Profile, seeds: int | Sequence[int] | None = None) -> list[int]:
+    """The seeds a comparison trains: ``seeds`` if a list, else that many (default: the
+    profile's ``seeds``) consecutive seeds from the profile's ``seed``."""
+    if seeds is None:
+        seeds = cfg.seeds
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        return [cfg.seed + k for k in range(seeds)]
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct and at least one, got {seeds}")
+    return seeds
+
+
+def compare(variants: Mapping[str, Callable[[], nn.Module] | Variant], train_loader, val_loader,
+            *, num_classes: int, cfg: Profile | None = None, steps: int | None = None,
+            seeds: int | Sequence[int] | None = None, budget_s: float | None = None,
+            extra: Callable[[nn.Module, dict], Mapping[str, float]] | None = None,
+            tolerance_px: int = 2, verbose: bool = True, **fit_kwargs) -> Comparison:
+    """Train each variant over several seeds, paired, and measure every run.
+
+    For each seed ``s`` and each variant: ``seed_everything(s)``, build a fresh model, train it
+    with :func:`minseg.train.fit` for ``steps`` optimizer steps (default: the profile's
+    ``steps``) with ``seed=s``, so that under one seed every variant sees the same batches in
+    the same order with the same augmentation, then measure it on ``val_loader`` (mIoU, pixel
+    accuracy, mean Dice, boundary F1, per-image confusion matrices). ``seeds`` is a count or a
+    list (default: the profile's ``seeds``: 1 on ``smoke``, 3 on ``cpu`` and ``gpu``).
+
+    ``variants`` maps a name to a builder or a :class:`Variant` (its own training loader or fit
+    arguments). ``extra(model, row)`` may add measurements of its own to each run's row
+    (``row`` already holds ``preds`` and ``targets``). ``budget_s`` is a wall-clock safety cap
+    per run (default: the profile's ``time_budget_s``); a run it cuts short is flagged
+    (``cut_short``). Other keyword arguments go to :func:`minseg.train.fit` for every variant.
     """
     from minseg.train import fit
 
     cfg = cfg or profile()
     steps = steps or (None if "epochs" in fit_kwargs else cfg.steps)
     budget = budget_s if budget_s is not None else cfg.time_budget_s
-    rows = []
-    for name, build in variants.items():
-        seed_everything(seed)
-        model = build()
-        t0 = time.perf_counter()
-        hist = fit(model, train_loader, None, num_classes=num_classes, max_steps=steps,
-                   time_budget_s=budget, seed=seed, device=cfg.device, **fit_kwargs)
-        train_s = time.perf_counter() - t0
-        row = {"name": name, "params": count_parameters(model), "steps": hist.steps,
-               "train_s": train_s, "cut_short": hist.cut_short}
-        row.update(measure(model, val_loader, num_classes))
-        row["history"], row["model"] = hist, model
-        rows.append(row)
-    return rows
+    seed_list = seeds_for(cfg, seeds)
+    arms = {k: v if isinstance(v, Variant) else Variant(v) for k, v in variants.items()}
+    runs: dict[str, list[dict]] = {k: [] for k in arms}
+    targets = None
+    t_start = time.perf_counter()
+    for s in seed_list:
+        for name, arm in arms.items():
+            seed_everything(s)
+            model = arm.build()
+            kwargs = {**fit_kwargs, **arm.fit_kwargs}
+            t0 = time.perf_counter()
+            hist = fit(model, arm.train_loader or train_loader, None, num_classes=num_classes,
+                       max_steps=steps, time_budget_s=budget, seed=s, device=cfg.device,
+                       **kwargs)
+            train_s = time.perf_counter() - t0
+            _, tgt, preds = predictions(model, val_loader)
+            targets = tgt if targets is None else targets
+            cms = per_image_confusion(preds, tgt, num_classes)
+            res = scores_from_confusion(cms.sum(0))
+            row = {"name": name, "seed": s, "params": count_parameters(model),
+                   "steps": hist.steps, "train_s": train_s, "cut_short": hist.cut_short,
+                   "miou": res["miou"], "pixel_acc": res["pixel_acc"], "mdice": res["mdice"],
+                   "boundary_f1": boundary_f1(preds, tgt, tolerance_px=tolerance_px,
+                                              num_classes=num_classes),
+                   "iou": res["iou"], "cms": cms, "preds": preds.to(torch.uint8),
+                   "history": hist, "model": model}
+            if extra is not None:
+                row.update(extra(model, {**row, "preds": preds, "targets": tgt}))
+            runs[name].append(row)
+            if verbose:
+                print(f"  seed {s} {name}: {hist.steps} steps in {train_s:.0f} s, "
+                      f"mIoU {row['miou']:.3f}", flush=True)
+    if verbose:
+        print(f"{len(arms)} variants x {len(seed_list)} seeds in "
+              f"{time.perf_counter() - t_start:.0f} s", flush=True)
+    return Comparison(runs, seed_list, targets, num_classes)
 
 
 def _fmt(v) -> str:
@@ -133,3 +298,73 @@ def format_table(rows: Sequence[Mapping], columns: Sequence[str] | None = None) 
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the evidence table
+EVIDENCE_ENV = "MINSEG_EVIDENCE_DIR"
+
+
+def evidence(lesson: str, claim: str, result: Difference | bool, *, expect: str | None = None,
+             detail: str = "", seeds: int | None = None) -> dict:
+    """Record a lesson's claim and what its experiment says about it; print the verdict.
+
+    ``result`` is a :class:`~minseg.stats.Difference` (a comparison: the claim is that
+    ``expect``, by default ``result.a``, wins) or a bool (an exact check, such as "our mIoU
+    equals torchmetrics'", described by ``detail``). The row's ``status`` is ``confirmed``
+    (the interval excludes 0 in the claimed direction), ``reversed`` (it excludes 0 the other
+    way), ``not separated`` (it spans 0), ``single run`` (no interval: the smoke profile), or
+    ``check passed`` / ``check failed``.
+
+    When ``$MINSEG_EVIDENCE_DIR`` is set (``tools/run_notebooks.py`` sets it), the row is
+    appended to ``<dir>/<lesson>.json``, from which the runner writes ``EVIDENCE.md``.
+    Returns the row.
+    """
+    row: dict[str, Any] = {"lesson": lesson, "claim": claim}
+    if isinstance(result, Difference):
+        iv = result.interval
+        expect = expect or result.a
+        if expect not in (result.a, result.b):
+            raise ValueError(f"expect={expect!r} is neither {result.a!r} nor {result.b!r}")
+        if iv.method == "single":
+            status = "single run"
+        elif not result.separated:
+            status = "not separated"
+        else:
+            status = "confirmed" if result.winner == expect else "reversed"
+        sign = 1 if expect == result.a else -1       # report the effect in the claim's direction
+        lo, hi = sorted((sign * iv.lo, sign * iv.hi))
+        other = result.b if expect == result.a else result.a
+        row.update(metric=result.metric, comparison=f"{expect} vs {other}",
+                   effect=sign * iv.mean, lo=lo, hi=hi, n=iv.n, method=iv.method,
+                   steps=result.steps, verdict=result.verdict(), status=status,
+                   higher_is_better=result.higher_is_better)
+    elif isinstance(result, bool):
+        if not detail:
+            raise ValueError("an exact check needs a detail saying what was checked")
+        row.update(status="check passed" if result else "check failed", verdict=detail,
+                   steps=None)
+    else:
+        raise TypeError(f"result must be a Difference or a bool, got {type(result).__name__}")
+    if seeds is not None:
+        row["n"] = seeds
+    print(f"claim: {claim}\n  [{row['status']}] {row['verdict']}", flush=True)
+    out = os.environ.get(EVIDENCE_ENV, "").strip()
+    if out:
+        path = Path(out) / f"{lesson}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        rows.append(row)
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+    return row
+
+
+def evidence_effect(row: Mapping) -> str:
+    """The effect column of the evidence table: ``+0.071 (0.048 to 0.094)`` in the claim's
+    direction, with the metric."""
+    if "effect" not in row:
+        return "exact check"
+    if row.get("method") == "single":
+        return f"{row['metric']} {row['effect']:+.3f} (1 run)"
+    how = "seeds" if row.get("method") == "t" else "images, bootstrap"
+    return (f"{row['metric']} {row['effect']:+.3f} ({row['lo']:+.3f} to {row['hi']:+.3f}; "
+            f"{row['n']} {how})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import tarfile
 from pathlib import Path
@@ -290,3 +291,74 @@ def test_download_voc_offline_says_where_to_put_the_tar(tmp_path):
     with pytest.raises(DownloadError, match=r"(?s)Offline or blocked.*VOCtrainval_11-May-2012\.tar"):
         download_voc(tmp_path, urls=["http://127.0.0.1:9/VOCtrainval_11-May-2012.tar"],
                      progress=False)
+
+
+# --------------------------------------------------------------------------- scene options
+def _scenes(opts, n=24, size=64):
+    from minseg.data.synthetic import render_scene
+    return [render_scene(i, 0, size, opts) for i in range(n)]
+
+
+def test_scene_options_default_is_the_standard_generator():
+    from minseg.data import SceneOptions
+    from minseg.data.synthetic import render_scene
+    a, b = render_scene(5, 1, 64), render_scene(5, 1, 64, SceneOptions())
+    assert all(np.array_equal(a[k], b[k]) for k in ("image", "mask", "instances"))
+    assert SceneOptions().is_default and SceneOptions().to_dict() == {}
+
+
+def test_scene_options_shape_the_data():
+    from minseg.data import SceneOptions
+    from minseg.data.synthetic import CLASS_ID, LOOKALIKE_CLASS
+    only = _scenes(SceneOptions(classes=("bird", "boat")))
+    ids = set(np.unique(np.concatenate([s["mask"].ravel() for s in only]))) - {0, 255}
+    assert ids <= {CLASS_ID["bird"], CLASS_ID["boat"]} and ids
+    look = _scenes(SceneOptions(lookalike=True))
+    for s in look:
+        assert {o[0] for o in s["objects"]} == {LOOKALIKE_CLASS[s["scene"]]}
+    fg = lambda ss: np.mean([((s["mask"] > 0) & (s["mask"] < 255)).mean() for s in ss])  # noqa
+    assert fg(_scenes(SceneOptions(scale=(0.3, 0.4)))) < 0.3 * fg(_scenes(SceneOptions()))
+    many = _scenes(SceneOptions(objects=(3, 3), twins=1.0, classes=("person",)))
+    assert min(len(s["objects"]) for s in many) >= 2
+    assert np.mean([len(s["objects"]) for s in many]) > 4
+    rare = _scenes(SceneOptions(classes=("bottle", "chair"), class_weights=(("bottle", 0.02),)),
+                   n=40)
+    names = [o[0] for s in rare for o in s["objects"]]
+    assert names.count("bottle") < 0.1 * names.count("chair")
+    flat = _scenes(SceneOptions(flat=True), n=4)[0]
+    inside = flat["instances"] == 1
+    # one colour per object, plus sensor noise of sd 4
+    assert flat["image"][inside].astype(float).std(0).max() < 8
+    # deterministic per seed, and a distinct cache folder per option set
+    from minseg.data.synthetic import default_synthetic_root, render_scene
+    o = SceneOptions(thin=0.5, scale=(1.0, 1.5))
+    assert np.array_equal(render_scene(3, 2, 64, o)["image"], render_scene(3, 2, 64, o)["image"])
+    roots = {default_synthetic_root(8, 2, 64, 0, x) for x in (None, SceneOptions(), o)}
+    assert len(roots) == 2
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"classes": ("unicorn",)}, "unknown object class"),
+    ({"classes": ()}, "at least one"),
+    ({"class_weights": (("car", 0),)}, "> 0"),
+    ({"objects": (3, 1)}, "objects"),
+    ({"scale": (0, 1)}, "scale"),
+    ({"twins": 1.5}, "probability"),
+    ({"thin": 0}, "thin"),
+    ({"lookalike": True, "classes": ("car",)}, "lookalike"),
+])
+def test_scene_options_reject_bad_values(kw, match):
+    from minseg.data import SceneOptions
+    with pytest.raises(ValueError, match=match):
+        SceneOptions(**kw)
+
+
+def test_make_synthetic_voc_with_scene_options(tmp_path):
+    from minseg.data import SceneOptions, VOCSegmentationDataset
+    opts = SceneOptions(classes=("car",), objects=(2, 2))
+    root = make_synthetic_voc(tmp_path / "s", num_train=4, num_val=2, image_size=48, workers=1,
+                              scene=opts)
+    meta = json.loads((root / "minseg_synthetic.json").read_text())["params"]
+    assert meta["scene"] == {"classes": ["car"], "objects": [2, 2]}
+    _, mask = VOCSegmentationDataset(root, "train").raw(0)
+    assert set(mask.unique().tolist()) <= {0, 7, 255}

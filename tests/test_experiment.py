@@ -1,9 +1,14 @@
+import json
+
+import pytest
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from minseg.config import profile
-from minseg.experiment import compare, format_table, measure, predictions, throughput
+from minseg.experiment import (EVIDENCE_ENV, Variant, compare, evidence, evidence_effect,
+                               measure, predictions, throughput)
+from minseg.stats import Difference, Interval
 from minseg.metrics import ConfusionMatrix
 
 
@@ -35,13 +40,76 @@ def test_predictions_and_measure_match_confusion_matrix():
 def test_compare_same_seed_same_start_and_table():
     loader = _data()
     cfg = profile("smoke")
-    rows = compare({"a": _net, "b": _net}, loader, loader, num_classes=3, cfg=cfg,
-                   budget_s=30, epochs=1)
-    assert [r["name"] for r in rows] == ["a", "b"]
+    cmp = compare({"a": _net, "b": _net}, loader, loader, num_classes=3, cfg=cfg,
+                  budget_s=30, epochs=1, verbose=False)
+    assert cmp.names == ["a", "b"] and cmp.seeds == [cfg.seed]
     # identical builders, identical seed and data: identical results
-    assert rows[0]["miou"] == rows[1]["miou"] and rows[0]["steps"] == 2
-    table = format_table(rows, ["name", "params", "miou"])
+    assert cmp.values("a", "miou") == cmp.values("b", "miou") and cmp.rows[0]["steps"] == 2
+    # one seed: the interval of a confusion-matrix score comes from a bootstrap over images
+    d = cmp.difference("a", "b")
+    assert d.interval.method == "bootstrap" and d.interval.mean == 0 and not d.separated
+    assert cmp.difference("a", "b", "boundary_f1").interval.method == "single"
+    table = cmp.table(["name", "params", "miou"])
     assert table.splitlines()[0] == "| name | params | miou |" and len(table.splitlines()) == 4
+    with pytest.raises(KeyError, match="no variant 'c'"):
+        cmp.difference("a", "c")
+    with pytest.raises(KeyError, match="no metric"):
+        cmp.values("a", "nope")
+
+
+def test_compare_pairs_seeds_and_gives_intervals():
+    loader = _data()
+    cfg = profile("smoke")
+    seen = []
+
+    def extra(model, row):
+        seen.append(row["targets"].shape)
+        return {"fg_acc": float((row["preds"] == row["targets"]).float().mean())}
+
+    starts = {"a": [], "b": []}
+
+    def build(arm):
+        def f():
+            net = _net()
+            starts[arm].append([p.detach().clone() for p in net.parameters()])
+            return net
+        return f
+
+    cmp = compare({"a": build("a"), "b": Variant(build("b"), fit_kwargs={"lr": 0.5})}, loader,
+                  loader, num_classes=3, cfg=cfg, seeds=3, steps=2, extra=extra, verbose=False)
+    assert cmp.seeds == [0, 1, 2] and len(cmp.runs["a"]) == 3 and len(seen) == 6
+    assert [r["seed"] for r in cmp.runs["b"]] == [0, 1, 2]
+    # seed s builds the same initial weights for both arms, other seeds other weights
+    for k in range(3):
+        assert all(torch.equal(p, q) for p, q in zip(starts["a"][k], starts["b"][k]))
+    assert not torch.equal(starts["a"][0][0], starts["a"][1][0])
+    assert cmp.runs["a"][0]["history"][-1]["lr"] != cmp.runs["b"][0]["history"][-1]["lr"]
+    d = cmp.difference("a", "b", "fg_acc")
+    vals = [x - y for x, y in zip(cmp.values("a", "fg_acc"), cmp.values("b", "fg_acc"))]
+    assert d.interval.method == "t" and d.interval.mean == pytest.approx(sum(vals) / 3)
+    assert "±" in cmp.table(["name", "miou", "fg_acc"])
+    assert cmp.interval("a").n == 3
+    with pytest.raises(ValueError, match="distinct"):
+        compare({"a": _net}, loader, loader, num_classes=3, cfg=cfg, seeds=[1, 1])
+
+
+def test_evidence_rows(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(EVIDENCE_ENV, str(tmp_path))
+    d = Difference("skips", "no skips", "boundary F1", Interval(0.1, 0.05, 0.15, 3, "t"), steps=50)
+    row = evidence("04", "skips sharpen boundaries", d)
+    assert row["status"] == "confirmed" and row["effect"] == 0.1 and row["steps"] == 50
+    rev = evidence("04", "no skips is better", d, expect="no skips")
+    assert rev["status"] == "reversed" and (rev["effect"], rev["lo"], rev["hi"]) == (-0.1, -0.15, -0.05)
+    chk = evidence("06", "mIoU equals torchmetrics", True, detail="max |diff| 0 on 3 cases")
+    assert chk["status"] == "check passed"
+    assert "[confirmed]" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "04.json").read_text())
+    assert [r["status"] for r in rows] == ["confirmed", "reversed"]
+    assert evidence_effect(rows[0]) == "boundary F1 +0.100 (+0.050 to +0.150; 3 seeds)"
+    with pytest.raises(ValueError, match="neither"):
+        evidence("04", "x", d, expect="other")
+    with pytest.raises(ValueError, match="detail"):
+        evidence("06", "x", True)
 
 
 def test_throughput_positive():

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from minseg.data.augment import BatchAugment
 from minseg.data.loader import TensorLoader
-from minseg.data.synthetic import make_synthetic_voc
+from minseg.data.synthetic import SceneOptions, make_synthetic_voc
 from minseg.data.tensors import TensorSegmentationData, decoded_split
 from minseg.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transforms,
                                     train_transforms)
@@ -21,9 +21,10 @@ from minseg.data.voc import (IGNORE_INDEX, NUM_VOC_CLASSES, VOC_CLASSES, VOC_PAL
                              find_voc, read_annotation, read_mask, voc_colormap)
 
 
-def data_root(cfg=None):
+def data_root(cfg=None, scene: SceneOptions | None = None):
     """The dataset root a profile trains on: real VOC when the profile asks for it and it is on
-    disk (:func:`find_voc`), else the synthetic set sized by the profile (generated once)."""
+    disk (:func:`find_voc`), else the synthetic set sized by the profile (generated once, with
+    the synthetic ``scene`` options a lesson built for its claim; real VOC ignores them)."""
     from minseg.config import profile
 
     cfg = cfg or profile()
@@ -32,7 +33,7 @@ def data_root(cfg=None):
         if root is not None:
             return root
     return make_synthetic_voc(num_train=cfg.num_train, num_val=cfg.num_val,
-                              image_size=cfg.image_size, seed=cfg.seed)
+                              image_size=cfg.image_size, seed=cfg.seed, scene=scene)
 
 
 def build_datasets(cfg=None, *, root=None, classes: Sequence[str] | None = None,
@@ -60,7 +61,8 @@ def build_datasets(cfg=None, *, root=None, classes: Sequence[str] | None = None,
 def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
                   others: str = "background", augment: bool | BatchAugment = True,
                   train_limit: int | None = None, val_limit: int | None = None,
-                  batch_size: int | None = None, seed: int | None = None):
+                  batch_size: int | None = None, seed: int | None = None,
+                  scene: SceneOptions | None = None):
     """``(train, val)`` :class:`TensorLoader` s for a profile, on its device.
 
     Both splits are decoded once at the profile's ``image_size`` and cached
@@ -69,12 +71,13 @@ def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
     horizontal flip (:class:`BatchAugment`; pass one to change it, or ``False`` for none).
     Validation batches come in order, unaugmented. ``seed`` (default: the profile's) seeds the
     order and the augmentation when the loader is iterated directly; :func:`minseg.train.fit`
-    replaces it with its own ``seed``.
+    replaces it with its own ``seed``. ``scene`` chooses the synthetic scenes
+    (:class:`SceneOptions`) when ``root`` is not given.
     """
     from minseg.config import profile
 
     cfg = cfg or profile()
-    root = root or data_root(cfg)
+    root = root or data_root(cfg, scene)
     common = dict(size=cfg.image_size, classes=classes, others=others)
     train = decoded_split(root, "train", limit=train_limit or cfg.num_train, **common)
     val = decoded_split(root, "val", limit=val_limit or cfg.num_val, **common)
@@ -87,7 +90,7 @@ def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
 
 
 __all__ = [
-    "BatchAugment", "IGNORE_INDEX", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_VOC_CLASSES",
+    "BatchAugment", "IGNORE_INDEX", "SceneOptions", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_VOC_CLASSES",
     "TensorLoader", "TensorSegmentationData", "VOC_CLASSES", "VOC_PALETTE",
     "VOCSegmentationDataset", "build_datasets", "build_loaders", "decoded_split",
     "check_voc_tree", "class_lut", "data_root", "denormalize", "download_voc",

@@ -23,6 +23,7 @@ is cached: calling again with the same parameters returns at once.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,6 +31,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -56,16 +58,104 @@ SCENE_WEIGHTS = {"road": 3, "field": 2.5, "water": 1.5, "indoor": 3, "rail": 1}
 SKY_CLASSES = {"aeroplane", "bird"}
 TABLE_TOP_CLASSES = {"bottle", "pottedplant", "tvmonitor"}
 CLASS_ID = {name: i for i, name in enumerate(VOC_CLASSES)}
+# ``lookalike`` scenes: the one class each scene type holds (every object has the same silhouette).
+LOOKALIKE_CLASS = {"road": "car", "water": "boat", "field": "cow", "indoor": "sofa",
+                   "rail": "train"}
+
+
+@dataclass(frozen=True)
+class SceneOptions:
+    """What the generator draws, so that a lesson can build data around its claim.
+
+    The defaults are the standard scenes (and give byte-identical files to a call without
+    options). Every option is deterministic for a given seed.
+
+    Attributes:
+        classes: only these object classes appear; scene types without any of them are
+            dropped, and each scene draws from its remaining classes.
+        class_weights: ``(class, weight)`` pairs replacing the scenes' relative frequencies of
+            those classes: ``(("bottle", 0.05),)`` makes bottles rare.
+        objects: inclusive range of objects placed per image (before twins).
+        scale: range of the random size factor of each object (its class height times this):
+            ``(0.3, 0.5)`` gives a tiny foreground, ``(0.4, 2.0)`` strong scale variation.
+        twins: probability that an object gets a touching twin of its own class.
+        thin: width factor of thin parts (limbs, spokes, masts, legs); below 1 is finer.
+        lookalike: every object has one shared silhouette and a random colour, and each scene
+            type holds a single class (road: car, water: boat, field: cow, indoor: sofa,
+            rail: train): only the surroundings tell the classes apart.
+        flat: objects and backgrounds without texture or shading, so that every object outline
+            is a strong image edge (what a CRF's appearance kernel looks for).
+    """
+
+    classes: tuple[str, ...] | None = None
+    class_weights: tuple[tuple[str, float], ...] = ()
+    objects: tuple[int, int] = (1, 4)
+    scale: tuple[float, float] = (0.7, 1.3)
+    twins: float = 0.25
+    thin: float = 1.0
+    lookalike: bool = False
+    flat: bool = False
+
+    def __post_init__(self):
+        for name in (self.classes or ()) + tuple(c for c, _ in self.class_weights):
+            if name not in CLASS_ID or name == "background":
+                raise ValueError(f"unknown object class {name!r}; valid: "
+                                 f"{', '.join(VOC_CLASSES[1:])}")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+            if not self.classes:
+                raise ValueError("classes must name at least one class (or be None for all)")
+            if not any(set(self.classes) & set(SCENES[sc]) for sc in SCENES):
+                raise ValueError(f"no scene type holds any of {self.classes}")
+        object.__setattr__(self, "class_weights",
+                           tuple((str(c), float(w)) for c, w in dict(self.class_weights).items()))
+        if any(not w > 0 for _, w in self.class_weights):
+            raise ValueError(f"class weights must be > 0, got {self.class_weights}")
+        lo, hi = self.objects
+        if not 1 <= lo <= hi:
+            raise ValueError(f"objects must be a range 1 <= lo <= hi, got {self.objects}")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"scale must be a range 0 < lo <= hi, got {self.scale}")
+        if not 0 <= self.twins <= 1:
+            raise ValueError(f"twins is a probability, got {self.twins}")
+        if not self.thin > 0:
+            raise ValueError(f"thin must be > 0, got {self.thin}")
+        if self.lookalike and self.classes is not None:
+            raise ValueError("lookalike scenes fix their classes (one per scene type); "
+                             "leave classes unset")
+
+    @property
+    def is_default(self) -> bool:
+        return self == SceneOptions()
+
+    def to_dict(self) -> dict:
+        """The non-default options (what the cache key and the manifest record)."""
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v != getattr(SceneOptions(), k)}
+
+    def scenes(self) -> dict[str, dict[str, float]]:
+        """Scene type -> {class: relative frequency} under these options."""
+        if self.lookalike:
+            return {sc: {c: 1.0} for sc, c in LOOKALIKE_CLASS.items()}
+        weights = dict(self.class_weights)
+        out = {}
+        for sc, classes in SCENES.items():
+            kept = {c: weights.get(c, w) for c, w in classes.items()
+                    if self.classes is None or c in self.classes}
+            if kept:
+                out[sc] = kept
+        return out
 
 
 # --------------------------------------------------------------------------- drawing primitives
 class _Canvas:
     """One object's silhouette, drawn in a local frame where the object is about 1 unit tall."""
 
-    def __init__(self, size: int, cx: float, base_y: float, scale: float, flip: bool):
+    def __init__(self, size: int, cx: float, base_y: float, scale: float, flip: bool,
+                 thin: float = 1.0):
         self.img = Image.new("L", (size, size), 0)
         self.draw = ImageDraw.Draw(self.img)
-        self.cx, self.base_y, self.s, self.flip = cx, base_y, scale, flip
+        self.cx, self.base_y, self.s, self.flip, self.thin = cx, base_y, scale, flip, thin
 
     def pt(self, x: float, y: float) -> tuple[float, float]:
         # local (x right, y up from the base) -> pixel coordinates
@@ -84,14 +174,14 @@ class _Canvas:
 
     def ring(self, cx, cy, r, width):
         self.draw.ellipse(self.box(cx - r, cy - r, cx + r, cy + r), outline=255,
-                          width=max(1, round(width * self.s)))
+                          width=max(1, round(width * self.thin * self.s)))
 
     def poly(self, pts, fill=255):
         self.draw.polygon([self.pt(x, y) for x, y in pts], fill=fill)
 
     def line(self, pts, width):
         self.draw.line([self.pt(x, y) for x, y in pts], fill=255,
-                       width=max(1, round(width * self.s)))
+                       width=max(1, round(width * self.thin * self.s)))
 
     def mask(self) -> np.ndarray:
         return np.asarray(self.img) > 0
@@ -254,6 +344,16 @@ def _sheep(c, r):
         c.line([(x, 0.2), (x, 0.0)], 0.05)
 
 
+def _lookalike(c: _Canvas, r):
+    # one silhouette for every class of a lookalike scene: a rounded box on a low base
+    c.rect(-0.8, 0.15, 0.8, 0.75)
+    c.ellipse(-0.95, 0.15, -0.6, 0.75)
+    c.ellipse(0.6, 0.15, 0.95, 0.75)
+    c.rect(-0.6, 0.0, 0.6, 0.15)
+
+
+LOOKALIKE_HEIGHT = 0.3
+
 SHAPES = {
     "aeroplane": _aeroplane, "bicycle": _bicycle, "bird": _bird, "boat": _boat,
     "bottle": _bottle, "bus": _bus, "car": _car, "cat": _cat, "chair": _chair, "cow": _cow,
@@ -332,9 +432,10 @@ def _background(r: np.random.Generator, size: int, scene: str) -> tuple[np.ndarr
     return img.astype(np.float32), horizon
 
 
-def _place(r, size, horizon, name, scene) -> tuple[float, float, float]:
+def _place(r, size, horizon, name, scene, opts: SceneOptions) -> tuple[float, float, float]:
     """(centre x, base y, pixels per unit) for one object, following the scene's context."""
-    height = HEIGHTS[name] * size * r.uniform(0.7, 1.3)
+    base_height = LOOKALIKE_HEIGHT if opts.lookalike else HEIGHTS[name]
+    height = base_height * size * r.uniform(*opts.scale)
     cx = r.uniform(0.1, 0.9) * size
     if name in SKY_CLASSES and (scene != "indoor") and r.random() < 0.85:
         base = r.uniform(0.1, 0.8) * horizon + height * 0.5
@@ -375,31 +476,36 @@ def _void_band(instances: np.ndarray, width: int) -> np.ndarray:
     return band
 
 
-def render_scene(index: int, seed: int, size: int) -> dict:
+def render_scene(index: int, seed: int, size: int, options: SceneOptions | None = None) -> dict:
     """Render one scene: RGB uint8 image, class mask (with 255 void), instance mask, objects.
 
-    Pure function of ``(index, seed, size)``.
+    Pure function of ``(index, seed, size, options)``.
     """
     r = np.random.default_rng([seed, index, GENERATOR_VERSION])
+    opts = options or SceneOptions()
     for _attempt in range(10):      # redraw the rare scene whose objects all fell outside
-        s = _render(r, size)
+        s = _render(r, size, opts)
         if s["objects"]:
             break
     return s
 
 
-def _render(r: np.random.Generator, size: int) -> dict:
-    scene = r.choice(list(SCENE_WEIGHTS), p=_norm(SCENE_WEIGHTS))
+def _render(r: np.random.Generator, size: int, opts: SceneOptions) -> dict:
+    scenes = opts.scenes()
+    scene_weights = {sc: w for sc, w in SCENE_WEIGHTS.items() if sc in scenes}
+    scene = r.choice(list(scene_weights), p=_norm(scene_weights))
     img, horizon = _background(r, size, scene)
+    if opts.flat:                   # no texture: smooth the background to its row means
+        img[:] = img.mean(axis=1, keepdims=True)
     cls_mask = np.zeros((size, size), np.uint8)
     inst_mask = np.zeros((size, size), np.uint8)
-    names, probs = list(SCENES[scene]), _norm(SCENES[scene])
-    n_obj = int(r.integers(1, 5))
+    names, probs = list(scenes[scene]), _norm(scenes[scene])
+    n_obj = int(r.integers(opts.objects[0], opts.objects[1] + 1))
     placements = []
     for _ in range(n_obj):
         name = str(r.choice(names, p=probs))
-        placements.append((name, *_place(r, size, horizon, name, scene)))
-        if r.random() < 0.25 and name not in ("train", "diningtable"):
+        placements.append((name, *_place(r, size, horizon, name, scene, opts)))
+        if r.random() < opts.twins and name not in ("train", "diningtable"):
             # a touching twin of the same class, one body-width away
             cx, base, h = placements[-1][1:]
             placements.append((name, cx + h * r.choice([-1, 1]) * r.uniform(0.5, 0.75),
@@ -407,14 +513,17 @@ def _render(r: np.random.Generator, size: int) -> dict:
     placements.sort(key=lambda p: p[2])       # far (higher in the image) first: painter's order
     objects = []
     for name, cx, base, height in placements:
-        canvas = _Canvas(size, cx, base, height, flip=bool(r.random() < 0.5))
-        SHAPES[name](canvas, r)
+        canvas = _Canvas(size, cx, base, height, flip=bool(r.random() < 0.5), thin=opts.thin)
+        (_lookalike if opts.lookalike else SHAPES[name])(canvas, r)
         m = canvas.mask()
         if not m.any():
             continue
-        tex = _texture(r, size, _random_colour(r))
-        shade = 1 + 0.15 * _noise(r, size, 2)[..., None]
-        img[m] = (tex * shade)[m]
+        if opts.flat:
+            img[m] = _random_colour(r)
+        else:
+            tex = _texture(r, size, _random_colour(r))
+            shade = 1 + 0.15 * _noise(r, size, 2)[..., None]
+            img[m] = (tex * shade)[m]
         objects.append(name)
         inst_mask[m] = len(objects)
         cls_mask[m] = CLASS_ID[name]
@@ -469,8 +578,8 @@ def _annotation_xml(name: str, size: int, objects, scene: str) -> str:
 
 
 def _write_one(args) -> None:
-    voc, name, index, seed, size = args
-    s = render_scene(index, seed, size)
+    voc, name, index, seed, size, options = args
+    s = render_scene(index, seed, size, options)
     Image.fromarray(s["image"]).save(voc / "JPEGImages" / f"{name}.jpg", quality=92)
     _palette_png(s["mask"], voc / "SegmentationClass" / f"{name}.png")
     _palette_png(s["instances"], voc / "SegmentationObject" / f"{name}.png")
@@ -478,17 +587,23 @@ def _write_one(args) -> None:
         _annotation_xml(name, size, s["objects"], s["scene"]))
 
 
-def default_synthetic_root(num_train: int, num_val: int, image_size: int, seed: int) -> Path:
-    """Where :func:`make_synthetic_voc` caches a set with these parameters by default."""
+def default_synthetic_root(num_train: int, num_val: int, image_size: int, seed: int,
+                           options: SceneOptions | None = None) -> Path:
+    """Where :func:`make_synthetic_voc` caches a set with these parameters by default (scene
+    options other than the defaults add a short hash of themselves to the name)."""
     from minseg.config import data_dir
 
-    return data_dir() / f"synthetic-voc-{image_size}px-{num_train}+{num_val}-seed{seed}"
+    name = f"synthetic-voc-{image_size}px-{num_train}+{num_val}-seed{seed}"
+    if options is not None and not options.is_default:
+        blob = json.dumps(options.to_dict(), sort_keys=True).encode()
+        name += "-" + hashlib.sha1(blob).hexdigest()[:10]
+    return data_dir() / name
 
 
 def make_synthetic_voc(root: str | os.PathLike | None = None, *, num_train: int = 400,
                        num_val: int = 100, image_size: int = 128, seed: int = 0,
-                       overwrite: bool = False, workers: int | None = None,
-                       verbose: bool = False) -> Path:
+                       scene: SceneOptions | None = None, overwrite: bool = False,
+                       workers: int | None = None, verbose: bool = False) -> Path:
     """Write (or reuse) a synthetic Pascal-VOC-format dataset and return its root.
 
     The returned directory contains ``VOCdevkit/VOC2012`` and can be passed as ``root`` to
@@ -501,6 +616,8 @@ def make_synthetic_voc(root: str | os.PathLike | None = None, *, num_train: int 
         num_train, num_val: images in ``train.txt`` / ``val.txt`` (``trainval.txt`` has both).
         image_size: side of the square images in pixels.
         seed: the same seed gives byte-identical files.
+        scene: :class:`SceneOptions` (classes, frequencies, object sizes, twins, thin parts,
+            lookalike or flat scenes); default: the standard scenes.
         overwrite: regenerate even if a matching cached tree exists.
         workers: processes used to render (default: up to 2; ``1`` renders in this process).
     """
@@ -508,10 +625,13 @@ def make_synthetic_voc(root: str | os.PathLike | None = None, *, num_train: int 
         raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
     if num_train < 1 or num_val < 1:
         raise ValueError(f"num_train and num_val must be >= 1, got {num_train}, {num_val}")
+    scene = scene or SceneOptions()
     root = Path(root) if root is not None else default_synthetic_root(num_train, num_val,
-                                                                       image_size, seed)
+                                                                       image_size, seed, scene)
     params = {"generator_version": GENERATOR_VERSION, "num_train": num_train,
               "num_val": num_val, "image_size": image_size, "seed": seed}
+    if not scene.is_default:
+        params["scene"] = json.loads(json.dumps(scene.to_dict()))
     manifest = root / MANIFEST
     if not overwrite and manifest.is_file():
         try:
@@ -530,7 +650,7 @@ def make_synthetic_voc(root: str | os.PathLike | None = None, *, num_train: int 
                     "ImageSets/Segmentation", "ImageSets/Main"):
             (voc / sub).mkdir(parents=True)
         names = [f"synth_{i:06d}" for i in range(num_train + num_val)]
-        jobs = [(voc, n, i, seed, image_size) for i, n in enumerate(names)]
+        jobs = [(voc, n, i, seed, image_size, scene) for i, n in enumerate(names)]
         workers = workers or min(2, os.cpu_count() or 1)
         if workers > 1 and len(jobs) >= 64:
             with ProcessPoolExecutor(workers) as pool:
