@@ -243,7 +243,7 @@ def verdict(diff: Difference) -> str:
     >>> verdict(d)
     'ASPP beats plain head on mIoU by 0.071 (95 % CI 0.048 to 0.094, 3 seeds).'
     >>> verdict(Difference("A", "B", "mIoU", Interval(0.004, -0.01, 0.018, 3, "t")))
-    'A and B are not distinguishable on mIoU at this scale (difference 0.004, 95 % CI -0.010 to 0.018 spans 0; 3 seeds).'
+    'A and B are not distinguishable on mIoU at this scale (difference 0.004, 95 % CI -0.010 to 0.018 includes 0; 3 seeds).'
     """
     i = diff.interval
     if i.method == "single":
@@ -253,7 +253,7 @@ def verdict(diff: Difference) -> str:
     ci = f"95 % CI {_num(i.lo)} to {_num(i.hi)}"
     if not diff.separated:
         return (f"{diff.a} and {diff.b} are not distinguishable on {diff.metric} at this scale "
-                f"(difference {_num(i.mean)}, {ci} spans 0; {_evidence(i)}).")
+                f"(difference {_num(i.mean)}, {ci} includes 0; {_evidence(i)}).")
     win = diff.winner
     lose = diff.b if win == diff.a else diff.a
     sign = 1 if win == diff.a else -1

@@ -103,7 +103,7 @@ def test_verdicts_follow_the_interval():
                    higher_is_better=False)
     assert t.winner == "single scale" and "(lower is better)" in verdict(t)
     n = Difference("A", "B", "mIoU", Interval(0.01, -0.02, 0.04, 4, "t"))
-    assert n.winner is None and "not distinguishable" in str(n) and "spans 0" in str(n)
+    assert n.winner is None and "not distinguishable" in str(n) and "includes 0" in str(n)
     s = Difference("A", "B", "mIoU", Interval(0.01, math.nan, math.nan, 1, "single"))
     assert "no verdict" in verdict(s)
     b = Difference("A", "B", "mIoU", Interval(0.03, 0.01, 0.05, 200, "bootstrap"))
