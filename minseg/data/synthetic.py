@@ -18,8 +18,15 @@ The scenes are built so that segmenting them needs more than a colour lookup:
   and touching instances of the same class (two sheep side by side), which a semantic mask
   cannot tell apart.
 
-Everything is deterministic for a given ``seed`` (one NumPy generator per image), and the tree
-is cached: calling again with the same parameters returns at once.
+A lesson can build the data its claim needs with :class:`SceneOptions` (``scene=`` of
+:func:`make_synthetic_voc`): a class subset and class frequencies (a few genuinely rare
+classes), objects per image, object sizes (a tiny foreground, strong scale variation), touching
+twins, finer or coarser thin parts, *lookalike* scenes where every object has one silhouette
+and only the surroundings tell the classes apart, and *flat* scenes whose object outlines are
+strong image edges.
+
+Everything is deterministic for a given ``seed`` and options (one NumPy generator per image),
+and the tree is cached: calling again with the same parameters returns at once.
 """
 from __future__ import annotations
 
