@@ -256,7 +256,7 @@ def verdict(diff: Difference) -> str:
                 f"(difference {_num(i.mean)}, {ci} includes 0; {_evidence(i)}).")
     win = diff.winner
     lose = diff.b if win == diff.a else diff.a
-    sign = 1 if win == diff.a else -1
+    sign = 1 if i.lo > 0 else -1          # report the gap as a positive number
     lo, hi = sorted((sign * i.lo, sign * i.hi))
     lower = "" if diff.higher_is_better else " (lower is better)"
     return (f"{win} beats {lose} on {diff.metric}{lower} by {_num(abs(i.mean))} "

@@ -101,7 +101,12 @@ def test_verdicts_follow_the_interval():
     assert verdict(d) == "without beats with PPM on mIoU by 0.050 (95 % CI 0.020 to 0.080, 3 seeds)."
     t = Difference("TTA", "single scale", "seconds", Interval(2.0, 1.5, 2.5, 3, "t"),
                    higher_is_better=False)
-    assert t.winner == "single scale" and "(lower is better)" in verdict(t)
+    assert t.winner == "single scale" and verdict(t) == (
+        "single scale beats TTA on seconds (lower is better) by 2.000 (95 % CI 1.500 to 2.500, "
+        "3 seeds).")
+    f = Difference("fast", "slow", "seconds", Interval(-2.0, -2.5, -1.5, 3, "t"),
+                   higher_is_better=False)
+    assert f.winner == "fast" and "by 2.000 (95 % CI 1.500 to 2.500" in verdict(f)
     n = Difference("A", "B", "mIoU", Interval(0.01, -0.02, 0.04, 4, "t"))
     assert n.winner is None and "not distinguishable" in str(n) and "includes 0" in str(n)
     s = Difference("A", "B", "mIoU", Interval(0.01, math.nan, math.nan, 1, "single"))
