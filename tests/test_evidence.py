@@ -40,3 +40,17 @@ def test_evidence_table_from_rows(tmp_path):
     assert "skips / sharpen" in rows[0] and "+0.100 (+0.050 to +0.150; 3 seeds)" in rows[0]
     assert "| 90 | 1:05 |" in rows[0] and "check passed" in rows[1] and "missing" in rows[2]
     assert "2 of 3 lessons confirm" in table and "0.50 to 1.10" in table
+
+
+def test_committed_evidence_table_covers_every_lesson_and_claim():
+    """EVIDENCE.md (from `tools/run_notebooks.py --profile cpu`) has a row for every lesson and
+    every claim a lesson records; a new or renamed claim needs the table regenerated."""
+    text = (ROOT / "EVIDENCE.md").read_text()
+    for path in LESSONS:
+        rows = [line for line in text.splitlines() if line.startswith(f"| {path.stem} |")]
+        assert rows, f"EVIDENCE.md has no row for {path.stem}; rerun tools/run_notebooks.py"
+        assert not any("| missing |" in r for r in rows), f"{path.stem} recorded no claim"
+        found = re.findall(r"""evidence\(\s*["']\d\d["'],\s*(["'])(.*?)\1""", _code(path))
+        for _, claim in found:
+            assert any(f"| {claim} |" in r for r in rows), \
+                f"claim {claim!r} of {path.stem} is not in EVIDENCE.md; rerun tools/run_notebooks.py"

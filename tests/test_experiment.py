@@ -106,6 +106,11 @@ def test_evidence_rows(tmp_path, monkeypatch, capsys):
     rows = json.loads((tmp_path / "04.json").read_text())
     assert [r["status"] for r in rows] == ["confirmed", "reversed"]
     assert evidence_effect(rows[0]) == "boundary F1 +0.100 (+0.050 to +0.150; 3 seeds)"
+    t = Difference("PSP", "local", "absent-class rate", Interval(-0.09, -0.165, -0.015, 3, "t"),
+                   higher_is_better=False)
+    low = evidence("12", "PSP labels fewer absent-class pixels", t)
+    assert low["status"] == "confirmed"
+    assert evidence_effect(low) == "absent-class rate reduction +0.090 (+0.015 to +0.165; 3 seeds)"
     with pytest.raises(ValueError, match="neither"):
         evidence("04", "x", d, expect="other")
     with pytest.raises(ValueError, match="detail"):
