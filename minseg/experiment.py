@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from minseg.config import Profile, profile, seed_everything
-from minseg.metrics import ConfusionMatrix, boundary_f1, scores_from_confusion
+from minseg.metrics import boundary_f1, scores_from_confusion
 from minseg.models import count_parameters
 from minseg.stats import (Difference, Interval, bootstrap_difference, format_pm, mean_interval,
                           paired_difference, per_image_confusion)
@@ -74,15 +74,20 @@ def throughput(model: nn.Module, image_size: int | tuple[int, int] = 256, batch_
 
 def measure(model: nn.Module, val_loader: Iterable, num_classes: int,
             tolerance_px: int = 2) -> dict:
-    """mIoU, pixel accuracy, mean Dice (dataset confusion matrix) and boundary F1 of a model."""
+    """mIoU, pixel accuracy, mean Dice (dataset confusion matrix), per-class IoU, boundary F1
+    and the per-image confusion matrices ``cms`` of a model on a loader."""
     _, targets, preds = predictions(model, val_loader)
-    cm = ConfusionMatrix(num_classes)
-    cm.update(preds, targets)
-    res = cm.compute()
+    return _scores(preds, targets, num_classes, tolerance_px)
+
+
+def _scores(preds: torch.Tensor, targets: torch.Tensor, num_classes: int,
+            tolerance_px: int) -> dict:
+    cms = per_image_confusion(preds, targets, num_classes)
+    res = scores_from_confusion(cms.sum(0))
     return {"miou": res["miou"], "pixel_acc": res["pixel_acc"], "mdice": res["mdice"],
-            "iou": res["iou"],
             "boundary_f1": boundary_f1(preds, targets, tolerance_px=tolerance_px,
-                                       num_classes=num_classes)}
+                                       num_classes=num_classes),
+            "iou": res["iou"], "cms": cms}
 
 
 @dataclass
@@ -256,15 +261,10 @@ def compare(variants: Mapping[str, Callable[[], nn.Module] | Variant], train_loa
             train_s = time.perf_counter() - t0
             _, tgt, preds = predictions(model, val_loader)
             targets = tgt if targets is None else targets
-            cms = per_image_confusion(preds, tgt, num_classes)
-            res = scores_from_confusion(cms.sum(0))
             row = {"name": name, "seed": s, "params": count_parameters(model),
                    "steps": hist.steps, "train_s": train_s, "cut_short": hist.cut_short,
-                   "miou": res["miou"], "pixel_acc": res["pixel_acc"], "mdice": res["mdice"],
-                   "boundary_f1": boundary_f1(preds, tgt, tolerance_px=tolerance_px,
-                                              num_classes=num_classes),
-                   "iou": res["iou"], "cms": cms, "preds": preds.to(torch.uint8),
-                   "history": hist, "model": model}
+                   **_scores(preds, tgt, num_classes, tolerance_px),
+                   "preds": preds.to(torch.uint8), "history": hist, "model": model}
             if extra is not None:
                 row.update(extra(model, {**row, "preds": preds, "targets": tgt}))
             runs[name].append(row)
@@ -305,7 +305,7 @@ EVIDENCE_ENV = "MINSEG_EVIDENCE_DIR"
 
 
 def evidence(lesson: str, claim: str, result: Difference | bool, *, expect: str | None = None,
-             detail: str = "", seeds: int | None = None) -> dict:
+             detail: str = "") -> dict:
     """Record a lesson's claim and what its experiment says about it; print the verdict.
 
     ``result`` is a :class:`~minseg.stats.Difference` (a comparison: the claim is that
@@ -345,8 +345,6 @@ def evidence(lesson: str, claim: str, result: Difference | bool, *, expect: str 
                    steps=None)
     else:
         raise TypeError(f"result must be a Difference or a bool, got {type(result).__name__}")
-    if seeds is not None:
-        row["n"] = seeds
     print(f"claim: {claim}\n  [{row['status']}] {row['verdict']}", flush=True)
     out = os.environ.get(EVIDENCE_ENV, "").strip()
     if out:
