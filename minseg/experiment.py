@@ -335,7 +335,7 @@ def evidence(lesson: str, claim: str, result: Difference | bool, *, expect: str 
         lo, hi = sorted((sign * iv.lo, sign * iv.hi))
         other = result.b if expect == result.a else result.a
         row.update(metric=result.metric, comparison=f"{expect} vs {other}",
-                   effect=sign * iv.mean, lo=lo, hi=hi, n=iv.n, method=iv.method,
+                   effect=sign * iv.mean, lo=lo, hi=hi, n=iv.n, method=iv.method, unit=iv.unit,
                    steps=result.steps, verdict=result.verdict(), status=status,
                    higher_is_better=result.higher_is_better)
     elif isinstance(result, bool):
@@ -368,5 +368,6 @@ def evidence_effect(row: Mapping) -> str:
     if row.get("method") == "single":
         return f"{metric} {sign * row['effect']:+.3f} (1 run)"
     lo, hi = sorted((sign * row["lo"], sign * row["hi"]))
-    how = "seeds" if row.get("method") == "t" else "images, bootstrap"
+    unit = row.get("unit") or ("seeds" if row.get("method") == "t" else "images")
+    how = unit if row.get("method") == "t" else f"{unit}, bootstrap"
     return f"{metric} {sign * row['effect']:+.3f} ({lo:+.3f} to {hi:+.3f}; {row['n']} {how})"

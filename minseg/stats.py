@@ -75,7 +75,9 @@ class Interval:
     """A mean with its 95 % confidence interval ``[lo, hi]`` from ``n`` values.
 
     ``method`` is ``"t"`` (Student's t over seeds), ``"bootstrap"`` (percentiles over resampled
-    images) or ``"single"`` (one value: no interval, ``lo`` and ``hi`` are NaN).
+    images) or ``"single"`` (one value: no interval, ``lo`` and ``hi`` are NaN). ``unit`` names
+    what the ``n`` values are ("seeds", "images", "timing rounds"), for the sentences that
+    report the interval.
     """
 
     mean: float
@@ -83,6 +85,11 @@ class Interval:
     hi: float
     n: int
     method: str
+    unit: str = ""       # default: "images" for a bootstrap, else "seeds"
+
+    def __post_init__(self) -> None:
+        if not self.unit:
+            object.__setattr__(self, "unit", "images" if self.method == "bootstrap" else "seeds")
 
     @property
     def half_width(self) -> float:
@@ -97,8 +104,9 @@ class Interval:
         return format_pm(self)
 
 
-def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
-    """Mean of ``values`` with its t interval (``method="single"`` for one value)."""
+def mean_interval(values: Sequence[float], level: float = LEVEL, unit: str = "seeds") -> Interval:
+    """Mean of ``values`` with its t interval (``method="single"`` for one value); ``unit`` says
+    what each value is a measurement of (default: one seed's run)."""
     v = [float(x) for x in values]
     if not v:
         raise ValueError("mean_interval needs at least one value")
@@ -106,13 +114,14 @@ def mean_interval(values: Sequence[float], level: float = LEVEL) -> Interval:
         raise ValueError(f"mean_interval got NaN among {v}: a run produced no measurement")
     n, mean = len(v), sum(v) / len(v)
     if n == 1:
-        return Interval(mean, math.nan, math.nan, 1, "single")
+        return Interval(mean, math.nan, math.nan, 1, "single", unit)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
     half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return Interval(mean, mean - half, mean + half, n, "t")
+    return Interval(mean, mean - half, mean + half, n, "t", unit)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Interval:
+def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEVEL,
+                      unit: str = "seeds") -> Interval:
     """Mean of the paired differences ``a[i] - b[i]`` (seed ``i`` in both) with its t interval.
 
     Pairing removes what the two runs of one seed share (the same batches, the same
@@ -120,7 +129,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], level: float = LEV
     """
     if len(a) != len(b):
         raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
-    return mean_interval([x - y for x, y in zip(a, b)], level)
+    return mean_interval([x - y for x, y in zip(a, b)], level, unit)
 
 
 def per_image_confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes: int,
@@ -230,9 +239,9 @@ def _num(x: float) -> str:
 
 def _evidence(i: Interval) -> str:
     if i.method == "t":
-        return f"{i.n} seeds"
+        return f"{i.n} {i.unit}"
     if i.method == "bootstrap":
-        return f"paired bootstrap over {i.n} images"
+        return f"paired bootstrap over {i.n} {i.unit}"
     return "1 run"
 
 

@@ -111,6 +111,9 @@ def test_evidence_rows(tmp_path, monkeypatch, capsys):
     low = evidence("12", "PSP labels fewer absent-class pixels", t)
     assert low["status"] == "confirmed"
     assert evidence_effect(low) == "absent-class rate reduction +0.090 (+0.015 to +0.165; 3 seeds)"
+    fps = Difference("fast", "slow", "log2 FPS", Interval(0.5, 0.4, 0.6, 8, "t", "timing rounds"))
+    assert evidence_effect(evidence("20", "fast is faster", fps)) == (
+        "log2 FPS +0.500 (+0.400 to +0.600; 8 timing rounds)")
     with pytest.raises(ValueError, match="neither"):
         evidence("04", "x", d, expect="other")
     with pytest.raises(ValueError, match="detail"):

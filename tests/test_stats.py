@@ -113,3 +113,8 @@ def test_verdicts_follow_the_interval():
     assert "no verdict" in verdict(s)
     b = Difference("A", "B", "mIoU", Interval(0.03, 0.01, 0.05, 200, "bootstrap"))
     assert "paired bootstrap over 200 images" in verdict(b)
+    # the interval names what its values are: timing rounds are not seeds
+    r = Difference("fast", "slow", "log2 FPS", paired_difference([3.0, 3.2, 3.1], [2.0, 2.1, 2.0],
+                                                                 unit="timing rounds"))
+    assert r.interval.unit == "timing rounds" and verdict(r).endswith(", 3 timing rounds).")
+    assert mean_interval([1.0, 2.0]).unit == "seeds"
