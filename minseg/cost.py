@@ -23,8 +23,8 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 __all__ = [
-    "flops", "conv2d_cost", "median_time", "speed_table", "LabelCost", "LABEL_COSTS", "count_objects",
-    "annotation_hours",
+    "flops", "conv2d_cost", "median_time", "speed_table", "LabelCost", "LABEL_COSTS", "LABEL_TYPES",
+    "count_objects", "annotation_hours", "annotation_seconds", "image_label_counts",
 ]
 
 
@@ -171,9 +171,9 @@ def speed_table(models: Mapping[str, nn.Module], sizes: Sequence[int], *, batch_
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LabelCost:
-    """A published human annotation time: ``seconds`` per ``unit`` (``"image"``, ``"object"``
-    or ``"class"``: one decision per class of the label set, per image), what it buys, and
-    where it was measured."""
+    """A published human annotation time: ``seconds`` per ``unit`` (``"image"``, ``"object"``,
+    ``"class"``: one decision per class of the label set, per image, or ``"click"``: one click
+    on an object or on the background), what it buys, and where it was measured."""
 
     name: str
     seconds: float
@@ -195,6 +195,8 @@ LABEL_COSTS: dict[str, LabelCost] = {c.name: c for c in (
               "Bearman et al. 2016, arXiv:1506.02106"),
     LabelCost("tags", 1.0, "class", "image-level tags (one yes/no per class)",
               "Bearman et al. 2016, arXiv:1506.02106"),
+    LabelCost("click", 2.4, "click", "one click on an object of a class, or on the background",
+              "Bearman et al. 2016, arXiv:1506.02106"),
     LabelCost("cityscapes_fine", 5400.0, "image", "fine mask of a 2048x1024 street scene",
               "Cordts et al. 2016, Cityscapes, arXiv:1604.01685 (more than 1.5 h per image)"),
 )}
@@ -215,24 +217,79 @@ def count_objects(dataset) -> int:
 
 
 def annotation_hours(num_images: int, num_objects: int, *, num_classes: int = 20,
+                     num_clicks: int | None = None,
                      costs: Iterable[str] | None = None) -> dict[str, float]:
     """Human hours to label ``num_images`` images holding ``num_objects`` objects, for each
     annotation kind in :data:`LABEL_COSTS` (or the names in ``costs``): ``seconds * count /
-    3600``, where the count is the images, the objects, or ``images * num_classes`` (a tag
-    decision per class and image), as the kind's ``unit`` says.
+    3600``, where the count is the images, the objects, ``images * num_classes`` (a tag
+    decision per class and image) or ``num_clicks``, as the kind's ``unit`` says. Without
+    ``num_clicks`` the per-click kind is left out of the default list (and asking for it is an
+    error).
 
     These are the published *average* times of the cited studies, for their interfaces and
     images; treat the result as an order of magnitude, not a quote.
     """
-    if num_images < 0 or num_objects < 0 or num_classes < 1:
-        raise ValueError("num_images and num_objects must be >= 0 and num_classes >= 1")
-    names = list(costs) if costs is not None else list(LABEL_COSTS)
+    if num_images < 0 or num_objects < 0 or num_classes < 1 or (num_clicks or 0) < 0:
+        raise ValueError("num_images, num_objects and num_clicks must be >= 0 and num_classes >= 1")
+    names = list(costs) if costs is not None else [
+        n for n, c in LABEL_COSTS.items() if c.unit != "click" or num_clicks is not None]
     out = {}
     for name in names:
         if name not in LABEL_COSTS:
             raise ValueError(f"unknown annotation kind {name!r}; valid: {', '.join(LABEL_COSTS)}")
         c = LABEL_COSTS[name]
-        count = {"image": num_images, "object": num_objects,
-                 "class": num_images * num_classes}[c.unit]
+        if c.unit == "click" and num_clicks is None:
+            raise ValueError(f"{name!r} is priced per click: give num_clicks")
+        count = {"image": num_images, "object": num_objects, "class": num_images * num_classes,
+                 "click": num_clicks}[c.unit]
         out[name] = c.seconds * count / 3600.0
     return out
+
+
+def image_label_counts(mask: torch.Tensor, instances: torch.Tensor | None = None,
+                       ignore_index: int = 255, background: int = 0) -> dict:
+    """What an annotator has to label in one image: ``{"classes": foreground classes present,
+    "objects": object instances}``. ``instances`` (ids ``> 0`` per object, 0 / 255 elsewhere)
+    gives the object count; without it every foreground class counts as one object."""
+    classes = [c for c in torch.unique(mask).tolist() if c not in (ignore_index, background)]
+    if instances is None:
+        objects = len(classes)
+    else:
+        fg = (instances > 0) & (instances != ignore_index) & (mask != background) \
+            & (mask != ignore_index)
+        objects = int(torch.unique(instances[fg]).numel())
+    return {"classes": len(classes), "objects": objects}
+
+
+LABEL_TYPES: dict[str, tuple[str, ...]] = {
+    "full": ("polygon",),             # one polygon mask per object
+    "tags": ("tags",),                # a yes/no per class of the vocabulary
+    "points": ("tags", "click"),      # the tags, then clicks (Bearman et al.'s protocol)
+    "boxes": ("box_extreme",),        # one box per object, by extreme clicking
+    "boxes_drawn": ("box_drawn",),    # one box per object, drawn and verified
+}
+"""Which :data:`LABEL_COSTS` entries make each weak-label type of lesson 14. Scribbles have no
+entry: the course's references hold no measured time per scribble, so none is invented."""
+
+
+def annotation_seconds(kind: str, *, objects: int, classes: int, vocabulary: int = 20,
+                       points_per_class: int = 1, background_points: int = 1) -> float:
+    """Seconds to label one image holding ``objects`` objects of ``classes`` foreground classes
+    with the label type ``kind`` of :data:`LABEL_TYPES`, priced by :func:`annotation_hours`:
+
+    * ``"tags"``: one yes/no decision per class of the ``vocabulary`` (20 for VOC);
+    * ``"points"``: the tags, then ``points_per_class`` clicks per class present plus
+      ``background_points`` clicks on the background (partial cross entropy needs background
+      pixels too);
+    * ``"boxes"`` / ``"boxes_drawn"``: one box per object (extreme clicking / drawn);
+    * ``"full"``: one polygon mask per object.
+
+    ``objects`` and ``classes`` come from :func:`image_label_counts`. Raises ``ValueError``
+    for a kind without a published time (e.g. scribbles).
+    """
+    if kind not in LABEL_TYPES:
+        raise ValueError(f"no published annotation time for {kind!r}; known: {', '.join(LABEL_TYPES)}")
+    clicks = points_per_class * classes + background_points
+    hours = annotation_hours(1, objects, num_classes=vocabulary, num_clicks=clicks,
+                             costs=LABEL_TYPES[kind])
+    return 3600.0 * sum(hours.values())

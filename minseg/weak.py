@@ -21,8 +21,8 @@ Here every weak label is *derived from a full mask*, deterministically from a se
 can compare label types on the same images with the same budget and score them against the
 truth. :class:`WeakLabelDataset` wraps a :class:`minseg.data.VOCSegmentationDataset` so its
 loader yields weak masks (at the image's own resolution, before the joint transforms) instead
-of full ones. :data:`ANNOTATION_COST` holds the published annotation times used to price each
-label type (:func:`annotation_seconds`).
+of full ones. What each label type costs to make is priced in :mod:`minseg.cost`
+(:data:`~minseg.cost.LABEL_COSTS`, :func:`~minseg.cost.annotation_seconds`).
 
 Masks follow the package convention: ``int64`` ``H,W`` class ids, ``255`` (``IGNORE_INDEX``)
 for unlabelled or void pixels.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -43,104 +42,11 @@ from torch.utils.data import Dataset
 from minseg.validate import IGNORE_INDEX, check_images, check_num_classes
 
 __all__ = [
-    "LabelCost", "ANNOTATION_COST", "FULL_MASK_SECONDS_PER_VOC_IMAGE", "POINT_SECONDS_PER_VOC_IMAGE",
-    "annotation_seconds", "image_label_counts",
     "points_from_mask", "scribbles_from_mask", "boxes_from_instances", "boxes_to_masks",
     "tags_from_mask", "TagClassifier", "tag_classifier", "fit_classifier", "tag_f1",
     "class_activation_maps", "cam_to_pseudo_labels", "cam_pseudo_labels_for",
     "WeakLabelDataset", "label_quality", "WEAK_KINDS",
 ]
-
-
-# ---------------------------------------------------------------------------------------------
-# What each label costs (published per-label times)
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LabelCost:
-    """Time to make one unit of a label, as measured and published by ``source``."""
-
-    seconds: float
-    unit: str
-    source: str
-
-
-ANNOTATION_COST: dict[str, LabelCost] = {
-    # one polygon mask per object instance, COCO's crowd workers
-    "full": LabelCost(79.0, "object instance (polygon mask)",
-                      "Lin et al. 2014, COCO, https://arxiv.org/abs/1405.0312 (as quoted by "
-                      "Bearman et al. 2016, https://arxiv.org/abs/1506.02106)"),
-    # a yes/no answer for every class of the vocabulary
-    "tags": LabelCost(1.0, "class of the vocabulary checked (present or not)",
-                      "Bearman et al. 2016, https://arxiv.org/abs/1506.02106"),
-    # one click on an object of a class
-    "points": LabelCost(2.4, "point (one click)",
-                        "Bearman et al. 2016, https://arxiv.org/abs/1506.02106"),
-    # four extreme points per object, which also define its box
-    "boxes": LabelCost(7.0, "box (extreme clicking)",
-                       "Papadopoulos et al. 2017, https://arxiv.org/abs/1708.02750"),
-    # the usual way: drag a rectangle, then adjust and verify it (ILSVRC's protocol)
-    "boxes_drawn": LabelCost(35.0, "box (drawn and verified, ILSVRC protocol)",
-                             "Papadopoulos et al. 2017, https://arxiv.org/abs/1708.02750, "
-                             "citing Su et al. 2012"),
-}
-"""Seconds per unit of label, with the paper that measured it. Scribbles have no entry: the
-course's references do not include a measured time per scribble, so the lessons do not
-invent one."""
-
-FULL_MASK_SECONDS_PER_VOC_IMAGE = 239.7
-"""Bearman et al. 2016 (https://arxiv.org/abs/1506.02106): full per-pixel labels of one
-Pascal VOC 2012 image, on average."""
-
-POINT_SECONDS_PER_VOC_IMAGE = 22.1
-"""Bearman et al. 2016 (https://arxiv.org/abs/1506.02106): image tags plus one point per
-class present, per Pascal VOC 2012 image."""
-
-
-def image_label_counts(mask: torch.Tensor, instances: torch.Tensor | None = None,
-                       ignore_index: int = IGNORE_INDEX, background: int = 0) -> dict:
-    """What an annotator has to label in one image: ``{"classes": foreground classes present,
-    "objects": object instances}``. ``instances`` (ids ``> 0`` per object, 0 / 255 elsewhere)
-    gives the object count; without it every foreground class counts as one object."""
-    classes = [c for c in torch.unique(mask).tolist() if c not in (ignore_index, background)]
-    if instances is None:
-        objects = len(classes)
-    else:
-        fg = (instances > 0) & (instances != ignore_index) & (mask != background) \
-            & (mask != ignore_index)
-        objects = int(torch.unique(instances[fg]).numel())
-    return {"classes": len(classes), "objects": objects}
-
-
-def annotation_seconds(kind: str, *, objects: int, classes: int, vocabulary: int = 20,
-                       points_per_class: int = 1, background_points: int = 1,
-                       box_protocol: str = "boxes") -> float:
-    """Estimated seconds to label one image with label type ``kind``, from
-    :data:`ANNOTATION_COST`.
-
-    * ``"tags"``: one yes/no decision per class of the ``vocabulary`` (20 for VOC);
-    * ``"points"``: the tags, then ``points_per_class`` clicks per class present plus
-      ``background_points`` clicks on the background (partial cross entropy needs background
-      pixels too);
-    * ``"boxes"``: one box per object (``box_protocol`` ``"boxes"`` = extreme clicking or
-      ``"boxes_drawn"``);
-    * ``"full"``: one polygon mask per object.
-
-    ``objects`` and ``classes`` come from :func:`image_label_counts`. Raises ``ValueError``
-    for a kind without a published time (e.g. scribbles).
-    """
-    cost = ANNOTATION_COST
-    if kind == "tags":
-        return cost["tags"].seconds * vocabulary
-    if kind == "points":
-        clicks = points_per_class * classes + background_points
-        return cost["tags"].seconds * vocabulary + cost["points"].seconds * clicks
-    if kind == "boxes":
-        if box_protocol not in ("boxes", "boxes_drawn"):
-            raise ValueError(f"box_protocol must be 'boxes' or 'boxes_drawn', got {box_protocol!r}")
-        return cost[box_protocol].seconds * objects
-    if kind == "full":
-        return cost["full"].seconds * objects
-    raise ValueError(f"no published annotation time for {kind!r}; known: tags, points, boxes, full")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minseg.blocks import DepthwiseSeparableConv
-from minseg.cost import (LABEL_COSTS, annotation_hours, conv2d_cost, count_objects, flops,
+from minseg.cost import (LABEL_COSTS, annotation_hours, annotation_seconds, image_label_counts, conv2d_cost, count_objects, flops,
                          median_time, speed_table)
 from minseg.models import build_model, count_parameters
 
@@ -85,7 +85,10 @@ def test_annotation_hours():
     assert math.isclose(h["full_mask"], 2913 * 239.7 / 3600)
     assert math.isclose(h["polygon"], 6929 * 79 / 3600)
     assert math.isclose(h["tags"], 2913 * 20 / 3600)
-    assert set(h) == set(LABEL_COSTS)
+    assert set(h) == set(LABEL_COSTS) - {"click"}          # no click count given
+    assert math.isclose(annotation_hours(1, 0, num_clicks=5)["click"], 5 * 2.4 / 3600)
+    with pytest.raises(ValueError, match="per click"):
+        annotation_hours(1, 1, costs=["click"])
     assert annotation_hours(10, 0, costs=["polygon"]) == {"polygon": 0.0}
     with pytest.raises(ValueError, match="unknown annotation kind"):
         annotation_hours(1, 1, costs=["magic"])
@@ -123,3 +126,20 @@ def test_median_time():
     assert len(calls) == 4 and 0.009 < t < 1.0
     with pytest.raises(ValueError):
         median_time(lambda: None, reps=0)
+
+
+def test_annotation_seconds_per_label_type():
+    """Lesson 14's label types priced from the one table (79 s per polygon, 1 s per tag, 2.4 s
+    per click, 7 / 35 s per box)."""
+    m = torch.zeros(6, 6, dtype=torch.long)
+    m[1:3, 1:3], m[4:6, 3:6], m[0, 5] = 15, 12, 255
+    counts = image_label_counts(m)
+    assert counts == {"classes": 2, "objects": 2}
+    assert annotation_seconds("tags", **counts) == 20.0
+    assert annotation_seconds("points", **counts) == pytest.approx(20 + 2.4 * 3)
+    assert annotation_seconds("boxes", **counts) == pytest.approx(14.0)
+    assert annotation_seconds("boxes_drawn", **counts) == pytest.approx(70.0)
+    assert annotation_seconds("full", **counts) == pytest.approx(158.0)
+    assert LABEL_COSTS["click"].seconds == 2.4 and "1506.02106" in LABEL_COSTS["click"].source
+    with pytest.raises(ValueError, match="scribbles"):
+        annotation_seconds("scribbles", **counts)

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minseg.weak import (ANNOTATION_COST, TagClassifier, WeakLabelDataset, annotation_seconds,
+from minseg.weak import (TagClassifier, WeakLabelDataset,
                          boxes_from_instances, boxes_to_masks, cam_pseudo_labels_for,
                          cam_to_pseudo_labels, class_activation_maps, fit_classifier,
-                         image_label_counts, label_quality, points_from_mask,
+                         label_quality, points_from_mask,
                          scribbles_from_mask, tag_f1, tags_from_mask)
 
 IGN = 255
@@ -154,21 +154,6 @@ def test_cam_to_pseudo_labels():
     assert cam_to_pseudo_labels(cams, [[]], threshold=0.3).eq(0).all()
     with pytest.raises(ValueError):
         cam_to_pseudo_labels(cams, [[1]], threshold=0.3, ignore_below=0.5)
-
-
-def test_annotation_costs():
-    assert ANNOTATION_COST["points"].seconds == 2.4 and "1506.02106" in ANNOTATION_COST["points"].source
-    assert ANNOTATION_COST["boxes"].seconds == 7.0
-    m = toy_mask()
-    counts = image_label_counts(m)
-    assert counts == {"classes": 2, "objects": 2}
-    assert annotation_seconds("tags", **counts) == 20.0
-    assert annotation_seconds("points", **counts) == pytest.approx(20 + 2.4 * 3)
-    assert annotation_seconds("boxes", **counts) == 14.0
-    assert annotation_seconds("boxes", **counts, box_protocol="boxes_drawn") == 70.0
-    assert annotation_seconds("full", **counts) == 158.0
-    with pytest.raises(ValueError):
-        annotation_seconds("scribbles", **counts)
 
 
 def test_weak_label_dataset_yields_weak_masks(voc_root):

@@ -62,7 +62,8 @@ def check(task_id: str, fn: Callable, *, seed: int = 0,
 def _check(task_id: str, fn: Callable, seed: int, checks) -> bool:
     from minseg.grading.checks import get_task
     from minseg.grading.codec import roundtrip
-    from minseg.grading.tasks import describe
+    from minseg.grading.guard import DelegationError, forbidden
+    from minseg.grading.tasks import describe, reference_outputs
 
     try:
         task = get_task(task_id, checks)
@@ -73,19 +74,31 @@ def _check(task_id: str, fn: Callable, seed: int, checks) -> bool:
         print(f"{task_id}: FAILED: expected a function `{task.function}`, got a {type(fn).__name__}")
         return False
     cases = task.cases(seed)
-    for k, case in enumerate(cases, 1):
-        expected = roundtrip(task.call(task.reference, copy.deepcopy(case.inputs)))
+    outputs, blocked = reference_outputs(task, cases)
+    for k, (case, expected) in enumerate(zip(cases, outputs), 1):
         head = f"{task_id}: FAILED on case {k} of {len(cases)} ({case.note})"
         try:
-            got = roundtrip(task.call(fn, copy.deepcopy(case.inputs)))
+            # the minseg functions this task asks the student to write raise while fn runs
+            with forbidden(blocked, task.function):
+                got = roundtrip(task.call(fn, copy.deepcopy(case.inputs)))
         except NotImplementedError:
             print(f"{task_id}: not implemented yet. To do: {task.prompt}")
+            return False
+        except DelegationError as e:
+            print(f"{task_id}: FAILED: {e}. Scores 0 when graded.")
             return False
         except Exception as e:
             _failures[task_id] = case.inputs
             print(f"{head}\n  your function raised {type(e).__name__}: {str(e)[:300]}{_where(e)}\n"
                   f"  debug: {task.function}(**minseg.grading.failed_inputs({task_id!r}))")
             return False
+        if task.score is not None:           # a training challenge: points by bands
+            share, feedback = task.score(expected, got)
+            smoke = " (smoke profile: a few steps, the bands mean nothing)" \
+                if os.environ.get("MINSEG_PROFILE") == "smoke" else ""
+            print(f"{task_id}: {feedback}{smoke}; {round(share * task.points)} of {task.points} "
+                  f"point{'s' if task.points != 1 else ''} when graded on other held-out images")
+            return share >= 1.0
         reason = task.compare(expected, got)
         if reason:
             _failures[task_id] = case.inputs

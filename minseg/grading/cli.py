@@ -8,12 +8,15 @@ import os
 def cmd_release(args) -> int:
     from minseg.grading.release import release
 
-    changed = release(args.src, args.dst, check=args.check, checks=args.checks)
+    lessons = args.lessons if args.lessons is not None else ("notebooks" if os.path.isdir("notebooks") else None)
+    changed = release(args.src, args.dst, check=args.check, checks=args.checks,
+                      lessons=lessons or None)
     if args.check:
         for p in changed:
             print(f"out of date: {p}")
         if changed:
-            print(f"run `python -m minseg release {args.src} {args.dst}` to regenerate")
+            print(f"run `python -m minseg release {args.src} {args.dst}` to regenerate "
+                  "(exercises and the lessons' exercise sections)")
         return 1 if changed else 0
     print(f"released {args.src} -> {args.dst}: {len(changed)} notebook(s) updated")
     return 0
@@ -45,6 +48,9 @@ def add_parsers(sub) -> None:
     p.add_argument("src", nargs="?", default="solutions", help="solution notebooks (default: solutions)")
     p.add_argument("dst", nargs="?", default="exercises", help="output folder (default: exercises)")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if dst is out of date")
+    p.add_argument("--lessons", default=None, metavar="DIR",
+                   help="lesson notebooks whose '## Exercise' sections are written from the checks "
+                        "modules (default: notebooks/ when it exists; '' for none)")
     p.add_argument("--checks", action="append", default=None, metavar="DIR",
                    help="extra folder of exNN_*.py checks modules (repeatable)")
     p.set_defaults(func=cmd_release)

@@ -13,7 +13,8 @@ That is fine, because this side decides nothing. It only
 
 The grader compares these outputs with expectations it computed in its own process; a
 forged or corrupt result can only lose points. Standard library only (loaded by path, without
-importing :mod:`minseg`, so that notebooks that never import torch start fast).
+importing :mod:`minseg`, so that notebooks that never import torch start fast); only a task
+that blocks delegation imports :mod:`minseg.grading.guard`.
 """
 from __future__ import annotations
 
@@ -68,6 +69,14 @@ class Collector:
         tmp.write_text(json.dumps(result, allow_nan=True))
         os.replace(tmp, path)
 
+    def _guard(self):
+        # a fresh copy by path, so that a notebook that patched minseg.grading.guard does not
+        # switch the guard off; registered so that the blocked functions' stand-in code finds it
+        import sys
+        if "_minseg_guard" not in sys.modules:
+            sys.modules["_minseg_guard"] = _load(_HERE / "guard.py", "_minseg_guard")
+        return sys.modules["_minseg_guard"]
+
     def run(self, task_id: str) -> None:
         spec = self.request["tasks"][task_id]
         result: dict = {"task": task_id, "cases": []}
@@ -79,12 +88,20 @@ class Collector:
             result["missing"] = f"`{spec['function']}` is a {type(fn).__name__}, not a function"
             return self._write(task_id, result)
         call = _resolve(spec["call"])
+        forbid = spec.get("forbid") or []
+        # the minseg functions this task asks the student to write raise while fn runs
+        guard = self._guard() if forbid else None
         for inputs in spec["cases"]:
             t0 = time.perf_counter()
             case: dict = {}
             result["cases"].append(case)
             try:
-                case["value"] = self.codec.encode(call(fn, inputs))
+                if guard is None:
+                    value = call(fn, inputs)
+                else:
+                    with guard.forbidden(forbid, spec["function"]):
+                        value = call(fn, inputs)
+                case["value"] = self.codec.encode(value)
             except KeyboardInterrupt:  # the grader's interrupt: the time limit is reached
                 case["error"] = "did not finish within the time limit"
                 self._write(task_id, result)

@@ -120,13 +120,83 @@ def released_text(path: str | os.PathLike, checks=None) -> str:
     return dumps(release_notebook(json.loads(text), ex, _messages(ex, checks), where=str(path)))
 
 
+# ------------------------------------------------------------------------------------------
+# the lesson's "## Exercise" section, written from the checks module
+# ------------------------------------------------------------------------------------------
+EXERCISE_HEADING = "## Exercise"
+
+
+def exercise_section(exercise_id: str, checks=None) -> str:
+    """The ``## Exercise`` section of a lesson: a link to the exercise notebook and exactly its
+    graded tasks (function, points, what it must do), from the checks module, which is the one
+    source of truth, so that a lesson cannot promise a task the exercise does not have."""
+    from minseg.grading.checks import get_exercise
+
+    ex = get_exercise(exercise_id, checks)
+    lines = [EXERCISE_HEADING, "",
+             f"[`exercises/{ex.notebook}`](../exercises/{ex.notebook}), {len(ex.tasks)} graded tasks, "
+             f"{ex.points} points. Write each function yourself: `minseg.grading.check` under it "
+             "gives feedback as you go, and a function that calls the `minseg` answer scores 0.", ""]
+    for k, t in enumerate(ex.tasks, 1):
+        prompt = t.prompt.rstrip(".")
+        lines.append(f"{k}. `{t.function}` ({t.points} point{'s' if t.points != 1 else ''}): {prompt}.")
+    return "\n".join(lines)
+
+
+def with_exercise_section(nb: dict, section: str, where: str = "") -> dict:
+    """``nb`` (a new dict) whose markdown cell holding ``## Exercise`` has that section, up to
+    the next ``## `` heading of the cell or its end, replaced by ``section``."""
+    nb = json.loads(json.dumps(nb))
+    cells = [c for c in nb.get("cells", []) if c.get("cell_type") == "markdown"
+             and any(line.startswith(EXERCISE_HEADING) for line in _lines(c.get("source", "")))]
+    if len(cells) != 1:
+        raise ReleaseError(f"{where}: expected one markdown cell with a '{EXERCISE_HEADING}' "
+                           f"heading, found {len(cells)}")
+    lines = _lines(cells[0]["source"])
+    start = next(i for i, line in enumerate(lines) if line.startswith(EXERCISE_HEADING))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = lines[end:]
+    body = section.splitlines(keepends=True)
+    if tail:
+        body[-1] = body[-1].rstrip("\n") + "\n"
+        body.append("\n")
+    cells[0]["source"] = lines[:start] + body + tail
+    return nb
+
+
+def sync_lessons(lessons: str | os.PathLike, *, check: bool = False, checks=None,
+                 verbose: bool = False) -> list[Path]:
+    """Write each lesson's ``## Exercise`` section from its exercise's checks module (lessons
+    without an exercise are left alone). Returns the lessons that were (or, with ``check``,
+    would be) rewritten."""
+    from minseg.grading.checks import exercise_for_notebook
+
+    changed = []
+    for p in sorted(Path(lessons).glob("*.ipynb")):
+        old = p.read_text(encoding="utf-8")
+        ex = exercise_for_notebook(p, old, checks)
+        if ex is None:
+            continue
+        text = dumps(with_exercise_section(json.loads(old), exercise_section(ex, checks), str(p)))
+        if text != old:
+            changed.append(p)
+            if not check:
+                p.write_text(text, encoding="utf-8")
+        if verbose:
+            print(f"{'differs' if check and old != text else 'wrote' if old != text else 'same'}: {p}")
+    return changed
+
+
 def release(src: str | os.PathLike = "solutions", dst: str | os.PathLike = "exercises", *,
-            check: bool = False, checks=None, verbose: bool = False) -> list[Path]:
-    """Release every ``src/*.ipynb`` into ``dst`` (same file names).
+            check: bool = False, checks=None, verbose: bool = False,
+            lessons: str | os.PathLike | None = None) -> list[Path]:
+    """Release every ``src/*.ipynb`` into ``dst`` (same file names), and with ``lessons`` (a
+    folder of lesson notebooks) write their exercise sections (:func:`sync_lessons`).
 
     Returns the notebooks of ``dst`` that were (``check=False``) or would be (``check=True``)
     written because they differed, plus, with ``check=True``, notebooks in ``dst`` that have no
-    source in ``src``. Files are only rewritten when their text changes.
+    source in ``src``, plus the lessons rewritten. Files are only rewritten when their text
+    changes.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -152,4 +222,6 @@ def release(src: str | os.PathLike = "solutions", dst: str | os.PathLike = "exer
     elif extra and verbose:
         for p in extra:
             print(f"warning: {p} has no source in {src} (not removed)")
+    if lessons is not None:
+        changed += sync_lessons(lessons, check=check, checks=checks, verbose=verbose)
     return changed

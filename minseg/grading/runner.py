@@ -30,7 +30,6 @@ itself is written only after every notebook has finished and its processes are d
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pickle
@@ -45,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from minseg.grading.checks import Exercise
-from minseg.grading.codec import decode, roundtrip
-from minseg.grading.tasks import Case, Task, describe, one_thread
+from minseg.grading.codec import decode
+from minseg.grading.tasks import Case, Task, describe, one_thread, reference_outputs
 from minseg.grading.worker import kill_tree
 
 HERE = Path(__file__).resolve().parent
@@ -109,17 +108,18 @@ class NotebookResult:
 class Expected:
     case: Case
     value: Any
+    forbid: tuple[str, ...] = ()     # minseg names blocked while the student's function runs
 
 
 def expectations(exercise: Exercise, seed: int) -> dict[str, list[Expected]]:
-    """Cases and reference outputs (as the codec returns them) of every task."""
+    """Cases and reference outputs (as the codec returns them) of every task, and the minseg
+    functions each task's student function may not call (:mod:`minseg.grading.guard`)."""
     out = {}
     with one_thread():
         for task in exercise.tasks:
             cases = task.cases(seed)
-            out[task.id] = [
-                Expected(c, roundtrip(task.call(task.reference, copy.deepcopy(c.inputs))))
-                for c in cases]
+            values, blocked = reference_outputs(task, cases)
+            out[task.id] = [Expected(c, v, tuple(blocked)) for c, v in zip(cases, values)]
     return out
 
 
@@ -177,10 +177,21 @@ def judge(task: Task, expected: list[Expected], result: dict | str, why_missing:
             r.case, error = exp.case.note, str(item.get("error"))[:500]
             if error.startswith("NotImplementedError"):
                 r.feedback = f"not implemented yet ({error})"
+            elif error.startswith("DelegationError: "):
+                r.feedback = error[len("DelegationError: "):]
             elif error.startswith("did not finish"):
                 r.feedback = f"`{task.function}` {error} on {where}"
             else:
                 r.feedback = f"`{task.function}` raised on {where}: {error}"
+            return r
+        if task.score is not None:          # graded by bands (a training challenge)
+            try:
+                share, r.feedback = task.score(exp.value, decode(item["value"]))
+            except Exception as e:
+                share, r.feedback = 0.0, f"could not score the output ({type(e).__name__}: {e})"
+            r.case = exp.case.note
+            r.points = int(round(share * task.points))
+            r.cases_passed = int(share > 0)
             return r
         try:
             got = decode(item["value"])
@@ -296,6 +307,7 @@ def run_notebook(path: str | os.PathLike, exercise: Exercise, expected: dict[str
         scratch.mkdir()
         request = {"result_dir": str(results), "tasks": {
             t.id: {"function": t.function, "call": _call_ref(t, exercise),
+                   "forbid": list(expected[t.id][0].forbid) if expected[t.id] else [],
                    "cases": [e.case.inputs for e in expected[t.id]]} for t in exercise.tasks}}
         with open(tmp / "request.pkl", "wb") as f:
             pickle.dump(request, f)
@@ -303,6 +315,9 @@ def run_notebook(path: str | os.PathLike, exercise: Exercise, expected: dict[str
                "request": str(tmp / "request.pkl"), "events": str(tmp / "events.jsonl"),
                "tasks": [t.id for t in exercise.tasks],
                "time_limit_s": timeout, "cell_timeout_s": min(cell_timeout, timeout),
+               # a training challenge gets its own, longer limit (still within the notebook's)
+               "task_timeouts": {t.id: min(max(t.timeout_s, cell_timeout), timeout)
+                                 for t in exercise.tasks if t.timeout_s},
                "memory_mb": memory_mb, "file_size_mb": file_size_mb,
                "collect_py": str(HERE / "collect.py"), "kernel_name": KERNEL_NAME,
                "preload": list(exercise.preload)}

@@ -10,6 +10,7 @@ inputs)``, the student's is ``call(student_fn, inputs)``; both pass through the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,10 +24,13 @@ Comparator = Callable[[Any, Any], "str | None"]
 
 @dataclass(frozen=True)
 class Case:
-    """One test input: keyword arguments for ``call`` and a short human description."""
+    """One test input: keyword arguments for ``call`` and a short human description.
+    ``secret`` stays in the grader's process (a challenge's held-out masks): a task with a
+    ``score`` judges the output against it instead of against the reference's output."""
 
     inputs: dict
     note: str
+    secret: Any = None
 
 
 def call_kwargs(fn: Callable, inputs: dict) -> Any:
@@ -46,7 +50,12 @@ class Task:
     * ``call(fn, inputs)``: applies a function to one case (default ``fn(**inputs)``). It runs
       in the student's kernel too, so it must be a module-level function of the checks module
       and return plain data (tensors, numbers, tuples, dicts), never a module or a closure;
-    * ``compare(expected, got)``: ``None`` when ``got`` is right, else the reason.
+    * ``compare(expected, got)``: ``None`` when ``got`` is right, else the reason;
+    * ``forbid`` / ``allow``: dotted minseg names to block while the student's function runs,
+      beyond / exempt from those the reference calls directly (see :mod:`minseg.grading.guard`);
+    * ``score(secret, got) -> (share, feedback)``: a graded-by-bands task (a training
+      challenge, :mod:`minseg.grading.challenge`): the points are ``share`` of ``points`` and
+      the reference is not run at grading time; ``timeout_s`` its own per-call time limit.
     """
 
     id: str
@@ -58,10 +67,36 @@ class Task:
     call: Callable[[Callable, dict], Any] = call_kwargs
     compare: Comparator = field(default_factory=lambda: close())
     hint: str = ""
+    forbid: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+    score: Callable[[Any, Any], tuple[float, str]] | None = None
+    timeout_s: float | None = None
 
     @property
     def exercise(self) -> str:
         return self.id.split(".")[0]
+
+
+def reference_outputs(task: Task, cases: list[Case]) -> tuple[list[Any], list[str]]:
+    """The reference's output for each case (through the codec, as the comparator sees it) and
+    the minseg names the student's function may not call: those the reference called directly,
+    plus ``task.forbid``, minus ``task.allow`` (a name or anything under it)."""
+    from minseg.grading.codec import roundtrip
+    from minseg.grading.guard import reference_calls
+
+    if task.score is not None:      # judged against the secrets; the reference is not run
+        return [c.secret for c in cases], list(task.forbid)
+    outputs: list[Any] = []
+
+    def run(reference: Callable) -> None:
+        for c in cases:
+            outputs.append(roundtrip(task.call(reference, copy.deepcopy(c.inputs))))
+
+    called = reference_calls(task.reference, run)
+    allowed = lambda n: any(n == a or n.startswith(a + ".") for a in task.allow)
+    names = [n for n in called if not allowed(n)]
+    names += [n for n in task.forbid if n not in names]
+    return outputs, names
 
 
 @contextlib.contextmanager

@@ -220,14 +220,14 @@ class Worker:
                     self.event("time_limit", task=task)
                     self.pending.clear()
                     return
+                limit = self.job.get("task_timeouts", {}).get(task, self.job["cell_timeout_s"])
                 try:
-                    status = self.run_cell(client, cell, self.task_index[task],
-                                           self.job["cell_timeout_s"])
+                    status = self.run_cell(client, cell, self.task_index[task], limit)
                 except Restart as e:
                     self.event("kernel_lost", task=task, detail=str(e))
                     raise
                 if status == "timeout":
-                    self.event("task_timeout", task=task, limit_s=self.job["cell_timeout_s"])
+                    self.event("task_timeout", task=task, limit_s=limit)
                 elif status == "error":
                     self.event("collector_error", task=task, detail=self.last_error)
         finally:

@@ -79,3 +79,17 @@ def call_loss_and_grad(fn, inputs: dict) -> dict:
         return {"loss": loss.detach(), "grad": "no gradient: the loss is not differentiable "
                                                "with respect to the logits"}
     return {"loss": loss.detach(), "grad": grad}
+
+
+def challenge_task(exercise: str, ch, reference, prompt: str, points: int = 3, hint: str = ""):
+    """The training-challenge task ``<exercise>.challenge`` of a lesson: the student's
+    ``recipe(num_classes, data)`` is trained for ``ch``'s budget and scored on held-out images
+    by ``ch``'s bands (:mod:`minseg.grading.challenge`)."""
+    import zlib
+
+    from minseg.grading.challenge import call_challenge, challenge_cases, challenge_score
+    from minseg.grading.tasks import Task
+
+    return Task(f"{exercise}.challenge", "recipe", points, prompt,
+                challenge_cases(ch, zlib.crc32(exercise.encode()) % 997), reference,
+                call=call_challenge, score=challenge_score(ch), timeout_s=300, hint=hint)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from minseg.blocks import fit_to as ref_fit_to
-from minseg.grading.checks._common import rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import challenge_task, rng
 from minseg.grading.tasks import Case, Task
 
 SLUG = "04_unet_skip_connections"
@@ -64,6 +65,19 @@ def _ref_size(size: int, depth: int):
     return int(x.shape[-1]) if x.shape[-1] > 0 else None
 
 
+
+CHALLENGE = Challenge(
+    classes=("person", "bicycle", "chair"),
+    scene={"classes": ["person", "bicycle", "chair"], "thin": 0.8, "scale": [1.2, 1.6]},
+    metric="boundary_f1", bands=((0.30, 1 / 3), (0.36, 2 / 3), (0.42, 1.0)), steps=200)
+"""Thin parts (bicycle frames, chair legs) whose edges only skips bring back."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.models import build_model
+
+    return {"model": build_model("unet", num_classes, width=8), "lr": 3e-3}
+
 TASKS = [
     Task("ex04.fit_to", "fit_to", 2,
          "make x (N,C,H,W) spatially `size`: crop the excess at the bottom/right when larger, "
@@ -76,4 +90,8 @@ TASKS = [
          "output side of the original U-Net (unpadded 3x3 convs) for a square input; None if a "
          "max-pool would meet an odd size", _size_cases, _ref_size,
          hint="each level: two convs (-4), pool (/2); bottleneck -4; each up level: x2, then -4"),
+    challenge_task("ex04", CHALLENGE, _challenge_reference,
+                   "a recipe (model and training settings) whose boundary F1 on held-out thin-part "
+                   "scenes reaches the bands within the challenge's steps",
+                   hint="keep the encoder's detail: skip connections, little downsampling"),
 ]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from minseg.grading.checks._common import call_loss_and_grad, labels, logits, rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import call_loss_and_grad, challenge_task, labels, logits, rng
 from minseg.grading.checks.ex06 import _matrix_cases
 from minseg.grading.tasks import Case, Task
 from minseg.losses import dice_loss
@@ -61,6 +62,18 @@ def _ref_loss(logits, target, smooth=1.0):
     return dice_loss(logits, target, smooth=smooth)
 
 
+
+CHALLENGE = Challenge(
+    classes=("bird",), scene={"classes": ["bird"], "scale": [0.4, 0.7]},
+    metric="iou_of", focus=("bird",), bands=((0.25, 1 / 3), (0.35, 2 / 3), (0.45, 1.0)), steps=200)
+"""A tiny foreground: small birds on large backgrounds."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.models import build_model
+
+    return {"model": build_model("deeplabv3", num_classes, width=16), "loss": "ce+dice", "lr": 3e-3}
+
 TASKS = [
     Task("ex07.dice_per_class", "dice_per_class", 1,
          "Dice_c = 2 TP / (2 TP + FP + FN) from the confusion matrix (rows = target), NaN for "
@@ -75,4 +88,8 @@ TASKS = [
          _loss_cases, _ref_loss, call=call_loss_and_grad,
          hint="mask out ignored pixels in both the probabilities and the one-hot target; "
               "average 1 - dice_c only over classes with target pixels"),
+    challenge_task("ex07", CHALLENGE, _challenge_reference,
+                   "a recipe whose bird IoU on held-out scenes with tiny birds reaches the bands "
+                   "within the challenge's steps",
+                   hint="plain CE is dominated by the background pixels; an overlap loss is not"),
 ]

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from minseg.grading.checks._common import blobs, rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import blobs, challenge_task, rng
 from minseg.grading.tasks import Case, Task, exact
 from minseg.metrics import boundary_mask, distance_to_mask
 
@@ -62,6 +63,21 @@ def _ref_f1(pred_boundary, target_boundary, tolerance):
     return 2 * p * r / (p + r) if p + r > 0 else 0.0
 
 
+
+CHALLENGE = Challenge(
+    classes=("person", "bicycle", "chair"),
+    scene={"classes": ["person", "bicycle", "chair"], "thin": 0.8, "scale": [1.2, 1.6]},
+    metric="trimap_iou", bands=((0.30, 1 / 3), (0.36, 2 / 3), (0.42, 1.0)), steps=200)
+"""Accuracy within 2 pixels of the true boundaries, on thin-part scenes."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.losses import boundary_weighted_cross_entropy
+    from minseg.models import build_model
+
+    return {"model": build_model("unet", num_classes, width=8), "lr": 3e-3,
+            "loss": boundary_weighted_cross_entropy}
+
 TASKS = [
     Task("ex09.boundary_mask", "boundary_mask", 2,
          "bool map of pixels whose label differs from one of their 4 neighbours inside the "
@@ -76,4 +92,8 @@ TASKS = [
          "F1 of boundary maps: precision = matched predicted / predicted boundary pixels, "
          "recall = matched target / target pixels, matched within `tolerance`; empty side = 1",
          _f1_cases, _ref_f1, hint="F1 = 2PR / (P + R), 0 when P + R = 0"),
+    challenge_task("ex09", CHALLENGE, _challenge_reference,
+                   "a recipe whose trimap IoU (2 px band) on held-out thin-part scenes reaches the "
+                   "bands within the challenge's steps",
+                   hint="full-resolution detail (skips) and a loss that weights boundary pixels"),
 ]

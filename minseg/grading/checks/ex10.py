@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from minseg.grading.checks._common import blobs, rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import blobs, challenge_task, rng
 from minseg.grading.tasks import Case, Task
 from minseg.losses import class_frequencies, class_weights
 
@@ -34,6 +35,23 @@ def _count_cases(seed: int) -> list[Case]:
     return out
 
 
+
+CHALLENGE = Challenge(
+    classes=("person", "car", "bus", "cow"),
+    scene={"classes": ["person", "car", "bus", "cow"], "class_weights": [["bus", 0.6], ["cow", 0.6]],
+           "scale": [1.2, 1.8], "flat": True},
+    metric="iou_of", focus=("bus", "cow"), bands=((0.10, 1 / 3), (0.20, 2 / 3), (0.30, 1.0)), steps=200)
+"""Two classes rare by images (bus, cow) among two frequent ones."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.data.sampling import balanced_image_weights, image_class_presence
+    from minseg.models import build_model
+
+    presence = image_class_presence(data, num_classes)
+    return {"model": build_model("deeplabv3", num_classes, width=16), "lr": 3e-3,
+            "sampler_weights": balanced_image_weights(presence)}
+
 TASKS = [
     Task("ex10.class_pixel_counts", "class_pixel_counts", 1,
          "return (counts, image_pixels): pixels of each class, and the valid pixels of the "
@@ -52,4 +70,8 @@ TASKS = [
          "w_c = total / (K * counts_c) over the K classes that occur, 0 for absent classes",
          lambda seed: [Case({"counts": c.inputs["counts"]}, c.note) for c in _count_cases(seed)],
          lambda counts: class_weights(counts, "inverse")),
+    challenge_task("ex10", CHALLENGE, _challenge_reference,
+                   "a recipe whose mean IoU of the rare classes (bus, cow) on held-out scenes "
+                   "reaches the bands within the challenge's steps",
+                   hint="show the model the images that hold the rare classes more often"),
 ]

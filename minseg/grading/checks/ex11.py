@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from minseg.grading.checks._common import rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import challenge_task, rng
 from minseg.grading.tasks import Case, Task, close, exact
 from minseg.models.deeplab import ASPP
 from minseg.receptive import receptive_field as ref_receptive_field
@@ -71,6 +72,18 @@ def _ref_aspp(x, w1x1, w_atrous, rates, w_pool, w_project):
     return aspp(x)  # BatchNorm in eval mode with fresh statistics: x / sqrt(1 + 1e-5)
 
 
+
+CHALLENGE = Challenge(
+    classes=("car", "boat", "cow", "sofa", "train"), scene={"lookalike": True, "scale": [1.5, 2.5]},
+    metric="miou", bands=((0.30, 1 / 3), (0.40, 2 / 3), (0.50, 1.0)), steps=200)
+"""Look-alike objects whose class only the surroundings reveal."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.models import build_model
+
+    return {"model": build_model("deeplabv3", num_classes, width=16), "lr": 3e-3}
+
 TASKS = [
     Task("ex11.receptive_field", "receptive_field", 2,
          "the receptive field (pixels) of a chain of (kernel, stride, dilation) layers",
@@ -85,4 +98,8 @@ TASKS = [
          compare=close(rtol=1e-3, atol=1e-4),
          hint="branch order: 1x1, atrous rates in order, image pooling; a 3x3 conv with dilation "
               "r needs padding r to keep H, W"),
+    challenge_task("ex11", CHALLENGE, _challenge_reference,
+                   "a recipe whose mIoU on held-out look-alike scenes (the class is in the "
+                   "surroundings) reaches the bands within the challenge's steps",
+                   hint="a receptive field that covers the surroundings: ASPP, image pooling"),
 ]

@@ -8,7 +8,7 @@ import torch
 
 from minseg.grading.checks._common import rng
 from minseg.grading.tasks import Case, Task, close
-from minseg.weak import annotation_seconds
+from minseg.cost import annotation_hours
 
 SLUG = "18_data_cost"
 TITLE = "Why data is expensive"
@@ -17,17 +17,23 @@ TITLE = "Why data is expensive"
 def _hour_cases(seed: int) -> list[Case]:
     g = rng(seed, "ex18.hours")
     out = []
-    for kind in ("full", "tags", "points", "boxes"):
-        n = int(torch.randint(100, 5000, (1,), generator=g))
-        objs = round(float(torch.rand(1, generator=g)) * 4 + 1, 1)
-        cls = round(min(objs, float(torch.rand(1, generator=g)) * 2 + 1), 1)
-        out.append(Case({"kind": kind, "images": n, "objects_per_image": objs, "classes_per_image": cls},
-                        f"{kind}: {n} images, {objs} objects and {cls} classes per image"))
+    for costs, clicks, note in [(None, None, "every kind priced per image, object or class"),
+                                (None, True, "every kind, clicks given"),
+                                (["polygon", "tags"], None, "two kinds, in the order asked"),
+                                (["click", "box_extreme", "full_mask"], True, "clicks and boxes"),
+                                (["tags"], None, "tags for a 5-class label set")]:
+        n = int(torch.randint(0, 5000, (1,), generator=g))
+        objects = int(torch.randint(0, 4 * n + 1, (1,), generator=g))
+        k = 5 if note.endswith("label set") else 20
+        c = int(torch.randint(n, 3 * n + 1, (1,), generator=g)) if clicks else None
+        out.append(Case({"num_images": n, "num_objects": objects, "num_classes": k, "num_clicks": c,
+                         "costs": costs}, f"{note}: {n} images, {objects} objects"))
     return out
 
 
-def _ref_hours(kind, images, objects_per_image, classes_per_image):
-    return annotation_seconds(kind, objects=objects_per_image, classes=classes_per_image) * images / 3600
+def _ref_hours(num_images, num_objects, num_classes, num_clicks, costs):
+    return annotation_hours(num_images, num_objects, num_classes=num_classes, num_clicks=num_clicks,
+                            costs=costs)
 
 
 def _curve_cases(seed: int) -> list[Case]:
@@ -60,9 +66,10 @@ def _need_cases(seed: int) -> list[Case]:
 
 TASKS = [
     Task("ex18.annotation_hours", "annotation_hours", 2,
-         "hours to label a dataset with full masks (79 s/object), tags (1 s x 20 classes), points "
-         "(tags + 2.4 s per click: one per class present + one background) or boxes (7 s/object)",
-         _hour_cases, _ref_hours, compare=close(rtol=1e-6, atol=1e-9)),
+         "hours per annotation kind of minseg.cost.LABEL_COSTS: seconds x count, the count being "
+         "the images, the objects, images x num_classes or num_clicks as the kind's unit says",
+         _hour_cases, _ref_hours, compare=close(rtol=1e-6, atol=1e-9),
+         hint="look at each LabelCost's unit; per-click kinds only when num_clicks is given"),
     Task("ex18.fit_power_law", "fit_power_law", 2,
          "fit miou = a * n^b by least squares on log(miou) = log(a) + b log(n); return (a, b)",
          _curve_cases, _ref_fit, compare=close(rtol=1e-4, atol=1e-6)),

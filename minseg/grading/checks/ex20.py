@@ -6,7 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from minseg.grading.checks._common import rng
+from minseg.grading.challenge import Challenge
+from minseg.grading.checks._common import challenge_task, rng
 from minseg.grading.tasks import Case, Task, exact
 
 SLUG = "20_realtime_models"
@@ -69,6 +70,18 @@ def _ref_ratio(c_in: int, c_out: int, k: int) -> float:
     return _flops(sep, c_in, h, w) / _flops(std, c_in, h, w)
 
 
+
+CHALLENGE = Challenge(
+    classes=("person", "car", "cow", "boat"), scene={"classes": ["person", "car", "cow", "boat"]},
+    metric="miou", bands=((0.30, 1 / 3), (0.38, 2 / 3), (0.45, 1.0)), steps=200, max_gflops=0.05)
+"""Accuracy under a compute cap: at most ``max_gflops`` per 64 px image."""
+
+
+def _challenge_reference(num_classes: int, data) -> dict:
+    from minseg.models import build_model
+
+    return {"model": build_model("fastscnn", num_classes, width=16), "lr": 3e-3}
+
 TASKS = [
     Task("ex20.depthwise_separable", "depthwise_separable", 2,
          "a 3x3 depthwise conv (one filter per channel, padding 1) followed by a 1x1 pointwise "
@@ -82,4 +95,8 @@ TASKS = [
     Task("ex20.separable_cost_ratio", "separable_cost_ratio", 1,
          "FLOPs of a depthwise separable conv divided by those of a standard k x k conv (same "
          "c_in, c_out, stride 1)", _ratio_cases, _ref_ratio),
+    challenge_task("ex20", CHALLENGE, _challenge_reference,
+                   "a recipe under the compute cap whose mIoU on held-out scenes reaches the bands "
+                   "within the challenge's steps",
+                   hint="downsample early, depthwise-separable convolutions, a light decoder"),
 ]
