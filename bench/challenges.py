@@ -39,7 +39,7 @@ def _plain(name: str, **kw):
 # what a student might try first: the lesson's weaker variant
 BASELINES = {
     "ex04": ("UNet without skips", _plain("unet", width=8, skips=False)),
-    "ex07": ("DeepLabv3, CE", _plain("deeplabv3", width=16)),
+    "ex07": ("Fast-SCNN, CE", _plain("fastscnn", width=16)),
     "ex09": ("UNet, CE", _plain("unet", width=8)),
     "ex10": ("DeepLabv3, CE, uniform sampling", _plain("deeplabv3", width=16)),
     "ex11": ("DeepLabv3 without ASPP", _plain("deeplabv3", width=16, use_aspp=False)),
