@@ -7,6 +7,8 @@ import pytest
 import torch
 
 os.environ.setdefault("MINSEG_PROFILE", "smoke")
+if os.environ["MINSEG_PROFILE"] == "smoke":   # the exercises' training challenges too
+    os.environ.setdefault("MINSEG_CHALLENGE_BUDGET", "smoke")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 

@@ -91,7 +91,7 @@ def test_bad_models_get_clear_errors():
 
 
 def test_call_trains_for_the_budget_and_predicts(monkeypatch):
-    monkeypatch.setenv("MINSEG_PROFILE", "smoke")
+    monkeypatch.setenv("MINSEG_CHALLENGE_BUDGET", "smoke")
     images, masks = held_out(TINY, 3)
     seen = []
     def recipe(c, data):
@@ -126,7 +126,7 @@ TASKS = [Task("ex98.challenge", "recipe", 3, "a recipe reaching the bands", chal
 
 
 def test_check_prints_the_score_and_bands(tmp_path, monkeypatch):
-    monkeypatch.setenv("MINSEG_PROFILE", "smoke")
+    monkeypatch.setenv("MINSEG_CHALLENGE_BUDGET", "smoke")
     (tmp_path / "ex98_challenge.py").write_text(CHALLENGE_CHECKS)
     import torch.nn as nn
     with contextlib.redirect_stdout(io.StringIO()) as out:
@@ -138,7 +138,7 @@ def test_check_prints_the_score_and_bands(tmp_path, monkeypatch):
 def test_grade_challenge_submissions(tmp_path, monkeypatch):
     from minseg.grading.gradebook import grade
 
-    monkeypatch.setenv("MINSEG_PROFILE", "smoke")
+    monkeypatch.setenv("MINSEG_CHALLENGE_BUDGET", "smoke")
     checks = tmp_path / "checks"
     checks.mkdir()
     (checks / "ex98_challenge.py").write_text(CHALLENGE_CHECKS)
@@ -182,3 +182,13 @@ def test_grade_challenge_submissions(tmp_path, monkeypatch):
     assert int(rows["shape"]["ex98"]) == 0 and "outputs 5 classes" in fb["shape"]
     assert int(rows["hangs"]["ex98"]) == 0 and "time limit" in fb["hangs"], fb["hangs"]
     assert int(rows["deleted"]["ex98"]) == 0 and "defines no `recipe`" in fb["deleted"]
+
+
+def test_only_the_challenge_budget_variable_shrinks_a_challenge(monkeypatch):
+    """The grader runs student kernels under MINSEG_PROFILE=smoke; that must not shrink the
+    challenge every student is graded on."""
+    monkeypatch.setenv("MINSEG_PROFILE", "smoke")
+    monkeypatch.delenv("MINSEG_CHALLENGE_BUDGET", raising=False)
+    assert TINY.budget() == TINY.steps and TINY.sizes() == (TINY.num_train, TINY.num_test)
+    monkeypatch.setenv("MINSEG_CHALLENGE_BUDGET", "smoke")
+    assert TINY.budget() == 4

@@ -94,8 +94,8 @@ def _check(task_id: str, fn: Callable, seed: int, checks) -> bool:
             return False
         if task.score is not None:           # a training challenge: points by bands
             share, feedback = task.score(expected, got)
-            smoke = " (smoke profile: a few steps, the bands mean nothing)" \
-                if os.environ.get("MINSEG_PROFILE") == "smoke" else ""
+            smoke = " (smoke budget: a few steps, the bands mean nothing)" \
+                if os.environ.get("MINSEG_CHALLENGE_BUDGET") == "smoke" else ""
             print(f"{task_id}: {feedback}{smoke}; {round(share * task.points)} of {task.points} "
                   f"point{'s' if task.points != 1 else ''} when graded on other held-out images")
             return share >= 1.0

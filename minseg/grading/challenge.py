@@ -32,8 +32,10 @@ Who does what:
 * the grader scores them (:func:`score`): points by the highest band reached.
 
 ``check(...)`` in a notebook does the same on a check split generated with the check seed and
-prints the score and the bands. Under ``MINSEG_PROFILE=smoke`` (the test suite) the budget
-shrinks to a few steps: the pipeline runs, the bands are not meaningful.
+prints the score and the bands. With ``MINSEG_CHALLENGE_BUDGET=smoke`` (set by the test suite
+whenever ``MINSEG_PROFILE=smoke``) the budget shrinks to a few steps: the pipeline runs, the
+bands mean nothing. The grader's own ``MINSEG_PROFILE=smoke`` for student kernels does not
+change a challenge's budget.
 """
 from __future__ import annotations
 
@@ -96,11 +98,11 @@ class Challenge:
         return cls(**d)
 
     def budget(self) -> int:
-        """Optimizer steps: the challenge's, or :data:`SMOKE_STEPS` under the smoke profile."""
+        """Optimizer steps: the challenge's, or :data:`SMOKE_STEPS` with the smoke budget."""
         return SMOKE_STEPS if _smoke() else self.steps
 
     def sizes(self) -> tuple[int, int]:
-        """Training and held-out images (at most 64 and 16 under the smoke profile)."""
+        """Training and held-out images (at most 64 and 16 with the smoke budget)."""
         return (min(self.num_train, 64), min(self.num_test, 16)) if _smoke() else (self.num_train, self.num_test)
 
     def describe(self) -> str:
@@ -112,8 +114,11 @@ class Challenge:
                 f"{self.image_size}px{cap}; points: {bands}")
 
 
+BUDGET_ENV = "MINSEG_CHALLENGE_BUDGET"
+
+
 def _smoke() -> bool:
-    return os.environ.get("MINSEG_PROFILE") == "smoke"
+    return os.environ.get(BUDGET_ENV) == "smoke"
 
 
 def _scene(ch: Challenge, test: bool = False):
