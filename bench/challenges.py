@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from minseg.grading.challenge import Challenge, held_out, measure, predict_labels, train_recipe
+from minseg.grading.challenge import Challenge, measure, predict_labels, train_recipe
 from minseg.grading.checks import all_exercises
 
 
@@ -66,15 +66,15 @@ def main(argv=None) -> int:
         task = next((t for t in ex.tasks if t.id == f"{ex.id}.challenge"), None)
         if task is None or (args.exercises and ex.id not in args.exercises):
             continue
-        case_fn = task.cases
-        ch = Challenge.from_dict(case_fn(args.seeds[0])[0].inputs["challenge"])
+        cases = {seed: task.cases(seed)[0] for seed in args.seeds}   # one held-out split per seed
+        ch = Challenge.from_dict(cases[args.seeds[0]].inputs["challenge"])
         print(f"{ex.id}: {ch.describe()}", flush=True)
         contenders = [("reference", task.reference)]
         if ex.id in BASELINES:
             contenders.append(BASELINES[ex.id])
         for name, recipe in contenders:
             for seed in args.seeds:
-                case = case_fn(seed)[0]
+                case = cases[seed]
                 t0 = time.perf_counter()
                 model = train_recipe(ch, recipe, seed=0)
                 secs = time.perf_counter() - t0

@@ -164,6 +164,17 @@ def with_exercise_section(nb: dict, section: str, where: str = "") -> dict:
     return nb
 
 
+def _update(path: Path, old: str | None, text: str, check: bool, verbose: bool) -> bool:
+    """Write ``text`` to ``path`` when it differs from ``old`` (never with ``check``); say so
+    when ``verbose``. Returns whether it differed."""
+    differs = old != text
+    if differs and not check:
+        path.write_text(text, encoding="utf-8")
+    if verbose:
+        print(f"{'differs' if check and differs else 'wrote' if differs else 'same'}: {path}")
+    return differs
+
+
 def sync_lessons(lessons: str | os.PathLike, *, check: bool = False, checks=None,
                  verbose: bool = False) -> list[Path]:
     """Write each lesson's ``## Exercise`` section from its exercise's checks module (lessons
@@ -178,12 +189,8 @@ def sync_lessons(lessons: str | os.PathLike, *, check: bool = False, checks=None
         if ex is None:
             continue
         text = dumps(with_exercise_section(json.loads(old), exercise_section(ex, checks), str(p)))
-        if text != old:
+        if _update(p, old, text, check, verbose):
             changed.append(p)
-            if not check:
-                p.write_text(text, encoding="utf-8")
-        if verbose:
-            print(f"{'differs' if check and old != text else 'wrote' if old != text else 'same'}: {p}")
     return changed
 
 
@@ -209,12 +216,8 @@ def release(src: str | os.PathLike = "solutions", dst: str | os.PathLike = "exer
         target = dst / p.name
         text = released_text(p, checks)
         old = target.read_text(encoding="utf-8") if target.exists() else None
-        if old != text:
+        if _update(target, old, text, check, verbose):
             changed.append(target)
-            if not check:
-                target.write_text(text, encoding="utf-8")
-        if verbose:
-            print(f"{'differs' if check and old != text else 'wrote' if old != text else 'same'}: {target}")
     names = {p.name for p in sources}
     extra = [p for p in sorted(dst.glob("*.ipynb")) if p.name not in names] if dst.is_dir() else []
     if check:
