@@ -54,6 +54,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from minseg import checkpoint, config, distributed
 from minseg.checkpoint import (CHECKPOINT_NAME, latest_checkpoint, load_checkpoint,
@@ -210,6 +211,30 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
     raise ValueError(f"a batch must be an (images, masks) pair, got {type(batch).__name__}")
 
 
+def batch_loss(loss_fn: Callable, output, masks: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
+    """The training loss of one batch from the model's raw ``output``, in float32.
+
+    * A plain tensor (or torchvision's ``{"out": ...}``): ``loss_fn(logits, masks)``.
+    * Deep supervision: a dict whose ``"aux"`` holds one tensor or a list of ``N,C,h,w`` logits
+      from intermediate layers adds ``aux_weight * loss_fn(aux, masks)`` for each, after
+      upsampling it bilinearly to the mask size (Lee et al. 2015, https://arxiv.org/abs/1409.5185).
+    * A loss with the attribute ``wants_outputs = True`` receives the whole output dict instead
+      (every tensor in float32), e.g. a mask-classification loss that needs class and mask logits.
+    """
+    if getattr(loss_fn, "wants_outputs", False):
+        if isinstance(output, Mapping):
+            output = {k: v.float() if torch.is_tensor(v) else v for k, v in output.items()}
+        return loss_fn(output, masks)
+    loss = loss_fn(_logits(output).float(), masks)  # float32, also under autocast
+    aux = output.get("aux") if isinstance(output, Mapping) else None
+    if aux is not None and aux_weight:
+        for a in [aux] if torch.is_tensor(aux) else aux:
+            if a.shape[-2:] != masks.shape[-2:]:
+                a = F.interpolate(a, size=masks.shape[-2:], mode="bilinear", align_corners=False)
+            loss = loss + aux_weight * loss_fn(a.float(), masks)
+    return loss
+
+
 def _check_first_batch(images, masks, logits, num_classes: int) -> None:
     """Clear errors for the usual mistakes, raised before the first optimizer step."""
     check_images(images, "images", channels=None)
@@ -338,11 +363,10 @@ def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
             images = images.to(dev, non_blocking=True, memory_format=fmt)
             masks = masks.to(dev, non_blocking=True)
             with _autocast(dev, dtype):
-                out = (predict(net, images, scales=tuple(scales), flip=flip) if tta
-                       else _logits(net(images)))
-            out = out.float()
+                raw = predict(net, images, scales=tuple(scales), flip=flip) if tta else net(images)
+            out = _logits(raw).float()
             if loss_fn is not None:
-                loss_sum += loss_fn(out, masks).double() * images.shape[0]
+                loss_sum += batch_loss(loss_fn, raw, masks, aux_weight=0.0).double() * images.shape[0]
             n_images += images.shape[0]
             cm.update(out, masks)
             if bar is not None:
@@ -430,7 +454,7 @@ def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
         checkpoint_dir: str | os.PathLike | None = None, checkpoint_every: int | None = None,
         resume: bool | str | os.PathLike = False, time_budget_s: float | None = None,
         callbacks: Sequence[Callable[[str, dict], None]] = (), progress: bool | None = None,
-        meta: Mapping | None = None) -> History:
+        meta: Mapping | None = None, aux_weight: float = 0.4) -> History:
     """Train ``model`` on ``train_data`` for a step budget and return its :class:`History`.
 
     Args:
@@ -466,6 +490,9 @@ def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
             0-d tensor at ``"step"``), ``lr``, ``history``, ``elapsed_s``; setting
             ``state["stop"] = True`` ends training after the current step.
         progress: tqdm bars (None: see :func:`_show_progress`).
+        aux_weight: weight of each auxiliary output's loss when the model returns a dict with
+            ``"aux"`` in training mode (deep supervision; see :func:`batch_loss`). 0.4 is the
+            weight of PSPNet's auxiliary loss (Zhao et al. 2017, https://arxiv.org/abs/1612.01105).
         meta: extra metadata for checkpoints, e.g. ``{"model_name": "unet", "model_kwargs":
             {"width": 16}}`` so that :func:`load_model_from_checkpoint` can rebuild the model.
     """
@@ -481,7 +508,8 @@ def fit(model: nn.Module, train_data, val_data=None, *, num_classes: int,
                      optimizer, lr, weight_decay, loss_fn, checkpoint_dir, resume, meta,
                      {"loss": loss if isinstance(loss, str) else repr(loss), "lr": lr,
                       "optimizer": optimizer, "weight_decay": weight_decay, "schedule": schedule,
-                      "epochs": epochs, "max_steps": max_steps, "seed": seed})
+                      "epochs": epochs, "max_steps": max_steps, "seed": seed,
+                      "aux_weight": aux_weight})
     pos, history, loader = run.pos, run.history, run.loader
     total = min(max_steps or math.inf, (epochs or math.inf) * len(loader))
     history.planned_steps = total
@@ -610,6 +638,7 @@ class _Run:
             torch.backends.cudnn.benchmark = True
         config.seed_everything(seed + r.rank)
         r.model, r.num_classes, r.val_data, r.loss_fn = model, num_classes, val_data, loss_fn
+        r.aux_weight = float(args.get("aux_weight", 0.4))
         model.to(r.dev, memory_format=r.fmt)
         r.net = nn.parallel.DistributedDataParallel(
             model, device_ids=[r.dev.index] if r.dev.type == "cuda" else None) if r.world > 1 else model
@@ -649,11 +678,11 @@ class _Run:
         images = images.to(self.dev, non_blocking=True, memory_format=self.fmt)
         masks = masks.to(self.dev, non_blocking=True)
         with _autocast(images.device, self.amp_dtype):
-            logits = _logits(self.net(images))
+            output = self.net(images)
         if self.first:
-            _check_first_batch(images, masks, logits, self.num_classes)
+            _check_first_batch(images, masks, _logits(output), self.num_classes)
             self.first = False
-        loss = self.loss_fn(logits.float(), masks)  # the loss in float32, also under autocast
+        loss = batch_loss(self.loss_fn, output, masks, self.aux_weight)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
         if grad_clip is not None:
