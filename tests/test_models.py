@@ -307,3 +307,43 @@ def test_pretrained_only_when_asked(monkeypatch):
     torch.testing.assert_close(conv.weight, rgb.mean(dim=1, keepdim=True) * 3)
     with pytest.raises(RuntimeError, match="TORCH_HOME"):
         torchvision_backbone("resnet18", pretrained=True)
+
+
+def test_deeplab_aux_head_only_in_training():
+    """Deep supervision: the auxiliary logits come back in training mode only, at input size,
+    from the second-to-last stage; eval mode returns the plain logits of the same network."""
+    torch.manual_seed(0)
+    m = build_model("deeplabv3", 3, width=8, aux_head=True)
+    x = torch.randn(2, 3, 40, 52)
+    out = m(x)
+    assert set(out) == {"out", "aux"} and len(out["aux"]) == 1
+    assert out["out"].shape == out["aux"][0].shape == (2, 3, 40, 52)
+    m.eval()
+    plain = m(x)
+    assert torch.is_tensor(plain) and plain.shape == (2, 3, 40, 52)
+    # the aux head is extra: the main path is the plain model's
+    ref = build_model("deeplabv3", 3, width=8)
+    ref.load_state_dict({k: v for k, v in m.state_dict().items() if not k.startswith("aux.")})
+    ref.eval()
+    torch.testing.assert_close(ref(x), plain)
+
+
+def test_high_resolution_refinement_starts_as_the_wrapped_model():
+    from minseg.models.refine import HighResolutionRefinement
+
+    torch.manual_seed(0)
+    base = build_model("deeplabv3", 4, width=8).eval()
+    x = torch.randn(2, 3, 33, 47)
+    ref = base(x)
+    r = HighResolutionRefinement(base, 4, width=4).eval()
+    torch.testing.assert_close(r(x), ref)          # zero-initialised correction
+    r.train()
+    loss = r(x).logsumexp(1).mean()
+    loss.backward()
+    assert r.fuse[-1].weight.grad.abs().sum() > 0   # the branch learns
+    aux = HighResolutionRefinement(build_model("deeplabv3", 4, width=8, aux_head=True), 4)
+    assert set(aux(x)) == {"out", "aux"}
+    with pytest.raises(ValueError, match="num_classes|logits"):
+        HighResolutionRefinement(base, 5)(x)
+    with pytest.raises(ValueError, match="width"):
+        HighResolutionRefinement(base, 4, width=0)

@@ -7,11 +7,13 @@ import time
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from minseg import train as T
 from minseg.config import profile
 from minseg.metrics import ConfusionMatrix
+from minseg.models import build_model
 from minseg.train import (History, evaluate, fit, latest_checkpoint, load_checkpoint,
                           load_model_from_checkpoint, lr_factor, save_checkpoint)
 
@@ -375,3 +377,41 @@ def test_quiet_under_pytest(capfd):
     evaluate(tiny_net(), loader(blob_data(8)), 3)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_batch_loss_adds_weighted_aux_losses_and_passes_dicts():
+    from minseg.losses import cross_entropy
+    from minseg.train import batch_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, generator=g)
+    aux = torch.randn(2, 3, 4, 4, generator=g)      # coarser: upsampled to the masks
+    masks = torch.randint(0, 3, (2, 8, 8), generator=g)
+    masks[0, :2] = 255
+    up = F.interpolate(aux, size=(8, 8), mode="bilinear", align_corners=False)
+    want = cross_entropy(logits, masks) + 0.4 * cross_entropy(up, masks)
+    torch.testing.assert_close(batch_loss(cross_entropy, {"out": logits, "aux": [aux]}, masks), want)
+    torch.testing.assert_close(batch_loss(cross_entropy, {"out": logits, "aux": aux}, masks, 0.0),
+                               cross_entropy(logits, masks))
+    torch.testing.assert_close(batch_loss(cross_entropy, logits, masks), cross_entropy(logits, masks))
+
+    class WholeOutput:
+        wants_outputs = True
+
+        def __call__(self, out, target):
+            assert set(out) == {"out", "extra"} and out["extra"].dtype == torch.float32
+            return out["extra"].sum()
+
+    out = {"out": logits, "extra": torch.ones(3, dtype=torch.float64)}
+    assert float(batch_loss(WholeOutput(), out, masks)) == 3.0
+
+
+def test_fit_trains_a_deeply_supervised_model():
+    model = build_model("deeplabv3", 3, width=4, aux_head=True)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(2, 3, 16, 16, generator=g), torch.randint(0, 3, (2, 16, 16), generator=g))
+               for _ in range(2)]
+    before = model.aux[0][0].weight.detach().clone()
+    hist = fit(model, batches, batches, num_classes=3, max_steps=2, progress=False)
+    assert hist.steps == 2 and not torch.equal(before, model.aux[0][0].weight)
+    assert hist.last["val_loss"] == hist.last["val_loss"]   # evaluated in eval mode, finite

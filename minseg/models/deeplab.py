@@ -103,13 +103,20 @@ class DeepLabV3(nn.Module):
     a torchvision backbone, as in the paper. ``encoder_blocks`` shapes the from-scratch encoder
     (:func:`~minseg.models.backbones.small_resnet`); ``(1, 1)`` gives a shallow one whose
     receptive field is smaller than a 96-pixel image.
+
+    ``aux_head=True`` adds deep supervision as in torchvision's ``aux_loss`` and PSPNet
+    (arXiv:1612.01105, Sec. 3.4): a small classifier on the second-to-last encoder stage whose
+    logits, in training mode only, come back as ``{"out": logits, "aux": [aux_logits]}`` for
+    :func:`minseg.train.batch_loss` to add with its own weight. In eval mode the model returns
+    the logits alone, and the auxiliary head costs nothing at inference.
     """
 
     def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
                  rates: Sequence[int] = (2, 4, 6), use_aspp: bool = True,
                  context_channels: int | None = None, pool_norm: str = "none",
                  dropout: float = 0.1, backbone: str | None = None, pretrained: bool = False,
-                 output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1)):
+                 output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1),
+                 aux_head: bool = False):
         super().__init__()
         check_num_classes(num_classes)
         self.in_channels = in_channels
@@ -125,19 +132,31 @@ class DeepLabV3(nn.Module):
             n = sum(p.numel() for p in aspp.parameters())
             self.context = PlainContext(c, a, max(1, round(n / (9 * c + a))), dropout)
         self.classifier = nn.Sequential(conv_bn_relu(a, a, 3), nn.Conv2d(a, num_classes, 1))
+        self.aux = None
+        if aux_head:
+            if len(self.encoder.channels) < 3:
+                raise ValueError("aux_head needs an encoder with at least two stages after the stem")
+            ca = self.encoder.channels[-2]
+            self.aux = nn.Sequential(conv_bn_relu(ca, max(1, ca // 4), 3), nn.Dropout(dropout),
+                                     nn.Conv2d(max(1, ca // 4), num_classes, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
         check_images(x, channels=self.in_channels)
-        y = self.classifier(self.context(self.encoder(x)[-1]))
-        return resize(y, x.shape[-2:])
+        feats = self.encoder(x)
+        y = resize(self.classifier(self.context(feats[-1])), x.shape[-2:])
+        if self.aux is not None and self.training:
+            return {"out": y, "aux": [resize(self.aux(feats[-2]), x.shape[-2:])]}
+        return y
 
 
 def deeplabv3(num_classes: int, width: int = 16, in_channels: int = 3,
               rates: Sequence[int] = (2, 4, 6), use_aspp: bool = True,
               context_channels: int | None = None, pool_norm: str = "none", dropout: float = 0.1,
               backbone: str | None = None, pretrained: bool = False,
-              output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1)) -> DeepLabV3:
+              output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1),
+              aux_head: bool = False) -> DeepLabV3:
     """DeepLabv3 (arXiv:1706.05587); see :class:`DeepLabV3`. Default ``rates=(2, 4, 6)`` suit
     ~96-pixel inputs at output stride 8; use ``(6, 12, 18)`` for 513 crops at stride 16."""
     return DeepLabV3(num_classes, width, in_channels, rates, use_aspp, context_channels,
-                     pool_norm, dropout, backbone, pretrained, output_stride, encoder_blocks)
+                     pool_norm, dropout, backbone, pretrained, output_stride, encoder_blocks,
+                     aux_head)
