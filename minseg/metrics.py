@@ -29,7 +29,8 @@ from minseg.validate import (IGNORE_INDEX, check_logits, check_mask, check_num_c
 
 __all__ = [
     "confusion_matrix", "scores_from_confusion", "ConfusionMatrix", "boundary_mask",
-    "distance_to_mask", "boundary_f1", "trimap_iou", "panoptic_quality",
+    "distance_to_mask", "boundary_f1", "trimap_iou", "panoptic_quality", "reliability_bins",
+    "expected_calibration_error",
 ]
 
 
@@ -498,3 +499,77 @@ def panoptic_quality(pred: torch.Tensor, target: torch.Tensor, num_classes: int 
     return {**average(list(per_class)), "per_class": per_class,
             "things": average([c for c in per_class if c in things]),
             "stuff": average([c for c in per_class if c not in things])}
+
+
+# --------------------------------------------------------------------------------------------
+# calibration
+# --------------------------------------------------------------------------------------------
+def reliability_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15,
+                     ignore_index: int | None = IGNORE_INDEX) -> dict:
+    """The data of a reliability diagram (Guo et al. 2017, "On calibration of modern neural
+    networks", https://arxiv.org/abs/1706.04599, sec. 2): the valid pixels binned by their
+    *confidence* ``max_c p_ic`` into ``n_bins`` equal-width bins ``[k/M, (k+1)/M)`` (the last
+    one closed, so a confidence of exactly 1 lands in it), and per bin the pixel count, the
+    mean confidence and the *accuracy* (share of pixels whose argmax is the target).
+
+    ``probs``: class probabilities ``N,C,H,W`` (``softmax(logits, 1)``, e.g. from
+    :func:`minseg.infer.predict`); ``target``: ``N,H,W`` integer mask; pixels whose target is
+    ``ignore_index`` are dropped. Returns a dict of float64 CPU tensors ``edges`` [M+1],
+    ``count``, ``confidence``, ``accuracy`` [M] (``NaN`` in empty bins), and the floats
+    ``mean_confidence`` and ``mean_accuracy`` over all valid pixels (their difference is the
+    over-confidence) and ``pixels``. Accumulate over batches by summing ``count`` and
+    ``count * confidence`` / ``count * accuracy``, or pass the whole set at once.
+    """
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    check_logits(probs, "probs")
+    expected = probs.shape[:1] + probs.shape[2:]
+    if not isinstance(target, torch.Tensor) or target.shape != expected:
+        shape = tuple(target.shape) if isinstance(target, torch.Tensor) else type(target).__name__
+        raise ValueError(f"probs have shape {tuple(probs.shape)} so target must have shape "
+                         f"{tuple(expected)} (N,H,W); got {shape}")
+    check_mask(target, probs.shape[1], "target", ignore_index=ignore_index)
+    if bool((probs < 0).any()) or bool((probs > 1).any()) or not torch.allclose(
+            probs.sum(1, dtype=torch.float64), torch.ones((), dtype=torch.float64,
+                                                          device=probs.device), atol=1e-3):
+        raise ValueError("probs must be probabilities in [0, 1] that sum to 1 over dim 1 "
+                         "(pass softmax(logits, 1), not logits)")
+    conf, pred = probs.max(1)
+    valid = _valid(target, ignore_index)
+    conf = conf[valid].to(torch.float64).cpu()
+    correct = (pred == target)[valid].to(torch.float64).cpu()
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    # bin k holds edges[k] <= conf < edges[k+1]; conf == 1 goes to the last bin
+    idx = (torch.bucketize(conf, edges, right=True) - 1).clamp(0, n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).to(torch.float64)
+    conf_sum = torch.bincount(idx, weights=conf, minlength=n_bins)
+    acc_sum = torch.bincount(idx, weights=correct, minlength=n_bins)
+    nan = torch.full_like(count, float("nan"))
+    n = float(count.sum())
+    return {"edges": edges, "count": count,
+            "confidence": torch.where(count > 0, conf_sum / count.clamp_min(1), nan),
+            "accuracy": torch.where(count > 0, acc_sum / count.clamp_min(1), nan),
+            "mean_confidence": float(conf.mean()) if n else float("nan"),
+            "mean_accuracy": float(correct.mean()) if n else float("nan"), "pixels": int(n)}
+
+
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15,
+                               ignore_index: int | None = IGNORE_INDEX) -> float:
+    """Expected calibration error over the valid pixels (Naeini et al. 2015,
+    https://ojs.aaai.org/index.php/AAAI/article/view/9602; Guo et al. 2017,
+    https://arxiv.org/abs/1706.04599, eq. 3):
+    ``ECE = sum_k (n_k / n) |acc_k - conf_k|`` over the equal-width confidence bins of
+    :func:`reliability_bins` (top-label calibration). 0 is perfect; ``NaN`` without valid
+    pixels.
+
+    Equals torchmetrics ``MulticlassCalibrationError(num_classes, n_bins, norm="l1",
+    ignore_index=255)`` except for pixels of confidence exactly 1.0, which torchmetrics puts in a
+    bin of their own and this function in the last bin. Pass the whole validation set at once
+    (or merge :func:`reliability_bins` of batches): ECE is not a mean of per-batch values.
+    """
+    bins = reliability_bins(probs, target, n_bins, ignore_index)
+    if bins["pixels"] == 0:
+        return float("nan")
+    full = bins["count"] > 0
+    gap = (bins["accuracy"][full] - bins["confidence"][full]).abs()
+    return float((bins["count"][full] * gap).sum() / bins["pixels"])

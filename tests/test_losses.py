@@ -33,7 +33,7 @@ ALL_LOSSES = [cross_entropy, focal_loss, dice_loss, ce_dice_loss,
 # cross entropy
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("use_weight", [False, True])
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5, 1.0])
 def test_cross_entropy_equals_torch(use_weight, smoothing):
     logits, target, weight = batch()
     w = weight if use_weight else None
@@ -45,6 +45,44 @@ def test_cross_entropy_equals_torch(use_weight, smoothing):
     ours.backward()
     ref.backward()
     torch.testing.assert_close(a.grad, b.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_gradient_is_p_minus_smoothed_onehot(smoothing):
+    """d loss / d z_i = (softmax(z_i) - q_i) / |V| on valid pixels, 0 on void, with
+    q_i = (1 - eps) onehot(y_i) + eps / C (torch's label-smoothing target)."""
+    logits, target, _ = batch(seed=3)
+    z = logits.clone().requires_grad_()
+    cross_entropy(z, target, label_smoothing=smoothing).backward()
+    valid = target != 255
+    onehot = F.one_hot(target.masked_fill(~valid, 0), C).permute(0, 3, 1, 2).double()
+    q = (1 - smoothing) * onehot + smoothing / C
+    expected = (logits.softmax(1) - q) * valid[:, None] / valid.sum()
+    torch.testing.assert_close(z.grad, expected, atol=1e-14, rtol=0)
+    b = logits.clone().requires_grad_()
+    loss = cross_entropy(b, torch.full_like(target, 255), label_smoothing=smoothing)
+    loss.backward()
+    assert loss.item() == 0.0 and (b.grad == 0).all()
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.1, 0.3])
+def test_label_smoothing_optimum_logit_gap(eps):
+    """The minimiser of smoothed CE has softmax = q, so the true class's logit leads every
+    other by log(1 + C (1 - eps) / eps) (finite, unlike plain CE's)."""
+    gap = math.log(1 + C * (1 - eps) / eps)
+    z = torch.zeros(1, C, 1, 1, dtype=torch.float64)
+    z[0, 0] = gap                                  # true class 0 leads every other by `gap`
+    target = torch.zeros(1, 1, 1, dtype=torch.long)
+    a = z.clone().requires_grad_()
+    loss = cross_entropy(a, target, label_smoothing=eps)
+    loss.backward()
+    assert a.grad.abs().max() < 1e-15             # a stationary point of a convex loss
+    for delta in (-0.01, 0.01):                    # moving the gap either way costs
+        z2 = z.clone()
+        z2[0, 0] += delta
+        assert float(cross_entropy(z2, target, label_smoothing=eps)) > loss.item()
+    # plain CE has no finite optimum: a larger gap always lowers it
+    assert float(cross_entropy(z * 2, target)) < float(cross_entropy(z, target))
 
 
 def test_partial_cross_entropy_counts_only_labelled_pixels():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from minseg.metrics import (ConfusionMatrix, boundary_f1, boundary_mask, confusion_matrix,
-                            distance_to_mask, panoptic_quality, scores_from_confusion,
-                            trimap_iou)
+                            distance_to_mask, expected_calibration_error, panoptic_quality,
+                            reliability_bins, scores_from_confusion, trimap_iou)
 
 tm_cls = pytest.importorskip("torchmetrics.classification")
 
@@ -339,3 +339,95 @@ def test_panoptic_quality_bad_input():
         panoptic_quality(t - 5, t)
     with pytest.raises(ValueError, match=r"\[3001\]"):
         panoptic_quality(t, t + 3001, num_classes=3)
+
+
+# ------------------------------------------------------------------------------- calibration
+def calibration_case(seed=0, scale=3.0, shape=(3, 5, 9, 7), void_row=2):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g) * scale
+    target = torch.randint(0, shape[1], shape[:1] + shape[2:], generator=g)
+    # make the argmax right on about half the pixels, so accuracy is neither 0 nor chance
+    right = torch.rand(target.shape, generator=g) < 0.5
+    target = torch.where(right, logits.argmax(1), target)
+    target[:, void_row] = 255
+    return logits.softmax(1), target
+
+
+def brute_ece(probs, target, n_bins):
+    """float64 loops over pixels; bins [k/M, (k+1)/M), the last one closed."""
+    count, conf, acc = [0] * n_bins, [0.0] * n_bins, [0.0] * n_bins
+    p = probs.double().permute(0, 2, 3, 1).reshape(-1, probs.shape[1])
+    for row, t in zip(p.tolist(), target.flatten().tolist()):
+        if t == 255:
+            continue
+        c = max(row)
+        k = min(int(c * n_bins), n_bins - 1)
+        count[k] += 1
+        conf[k] += c
+        acc[k] += float(row.index(c) == t)
+    n = sum(count)
+    return sum(abs(acc[k] - conf[k]) for k in range(n_bins) if count[k]) / n, count
+
+
+@pytest.mark.parametrize("n_bins", [1, 10, 15])
+@pytest.mark.parametrize("seed,scale", [(0, 3.0), (1, 0.5), (2, 5.0)])
+def test_ece_equals_torchmetrics_with_void(n_bins, seed, scale):
+    probs, target = calibration_case(seed, scale)
+    ref = tm_cls.MulticlassCalibrationError(probs.shape[1], n_bins=n_bins, norm="l1",
+                                            ignore_index=255)
+    assert (probs.max(1).values < 1).all()  # torchmetrics bins confidence 1.0 on its own
+    ours = expected_calibration_error(probs, target, n_bins)
+    assert ours == pytest.approx(float(ref(probs, target)), abs=2e-6)
+    assert ours == pytest.approx(brute_ece(probs, target, n_bins)[0], abs=1e-12)
+
+
+def test_reliability_bins_brute_force_void_and_confidence_one():
+    probs, target = calibration_case(3, 4.0)
+    probs[0, :, 0, 0] = torch.tensor([1.0, 0, 0, 0, 0])  # confidence exactly 1: last bin
+    target[0, 0, 0] = 1                                   # ... and wrong
+    bins = reliability_bins(probs, target, 10)
+    ece, count = brute_ece(probs, target, 10)
+    assert bins["count"].tolist() == count
+    assert bins["pixels"] == int((target != 255).sum())
+    assert expected_calibration_error(probs, target, 10) == pytest.approx(ece, abs=1e-12)
+    valid = target != 255
+    conf, pred = probs.max(1)
+    assert bins["mean_confidence"] == pytest.approx(float(conf[valid].double().mean()))
+    assert bins["mean_accuracy"] == pytest.approx(float((pred == target)[valid].double().mean()))
+    empty = bins["count"] == 0
+    assert bins["confidence"][empty].isnan().all() and bins["accuracy"][empty].isnan().all()
+    # the bins are a partition: count-weighted bin means give back the overall means
+    full = ~empty
+    assert float((bins["count"][full] * bins["confidence"][full]).sum() / bins["pixels"]) == \
+        pytest.approx(bins["mean_confidence"])
+
+
+def test_ece_known_answers_and_all_void():
+    # two pixels, confidence 0.9 each, one right: |0.5 - 0.9| = 0.4
+    probs = torch.tensor([[0.9, 0.1], [0.9, 0.1]]).T.reshape(1, 2, 1, 2)
+    assert expected_calibration_error(probs, torch.tensor([[[0, 1]]])) == pytest.approx(0.4)
+    # a perfect one-hot prediction is perfectly calibrated
+    onehot = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1]]]), 2).permute(0, 3, 1, 2)
+    assert expected_calibration_error(onehot.float(), torch.tensor([[[0, 1, 1]]])) == 0.0
+    assert math.isnan(expected_calibration_error(probs, torch.full((1, 1, 2), 255)))
+    assert reliability_bins(probs, torch.full((1, 1, 2), 255))["pixels"] == 0
+
+
+def test_calibration_bad_input():
+    probs, target = calibration_case()
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(probs.log(), target)           # logits, not probabilities
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(probs * 0.5, target)
+    with pytest.raises(ValueError, match="shape"):
+        expected_calibration_error(probs, target[:, :-1])
+    with pytest.raises(ValueError, match="n_bins"):
+        expected_calibration_error(probs, target, n_bins=0)
+    with pytest.raises(ValueError, match="integer"):
+        expected_calibration_error(probs, target.float())
+    bad = target.clone()
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError):
+        expected_calibration_error(probs, bad)
+    with pytest.raises(ValueError, match="NaN"):
+        expected_calibration_error(torch.full_like(probs, float("nan")), target)
