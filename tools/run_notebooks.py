@@ -2,6 +2,7 @@
 
     python tools/run_notebooks.py --profile cpu --out runs/cpu            # all 20 lessons
     python tools/run_notebooks.py --profile cpu --out runs/cpu notebooks/04_*.ipynb
+    python tools/run_notebooks.py --profile cpu --update notebooks/09_*.ipynb   # re-run one, merge
 
 Each notebook runs top to bottom on a fresh kernel (nbclient), one after the other so that
 no two notebooks share the cores (their times would mean nothing). The executed notebook is written
@@ -63,8 +64,22 @@ def _minutes(seconds: float) -> str:
     return f"{seconds // 60:.0f}:{seconds % 60:02.0f}"
 
 
-def evidence_table(ev_dir: Path, times: dict[str, float], profile: str, loads: list[float]) -> str:
-    """``EVIDENCE.md``: one row per recorded claim, lessons in order, with a summary."""
+def _read_times(path: Path) -> dict[str, tuple[float, float, str]]:
+    """The lessons of an earlier ``times.md``: ``{stem: (seconds, load after, status)}``."""
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 4 and cells[0][:2].isdigit() and ":" in cells[1]:
+                m, s = cells[1].split(":")
+                out[cells[0]] = (60 * float(m) + float(s), float(cells[2] or 0), cells[3])
+    return out
+
+
+def evidence_table(ev_dir: Path, times: dict[str, float], profile: str, loads: list[float],
+                   rerun: list[str] | None = None) -> str:
+    """``EVIDENCE.md``: one row per recorded claim, lessons in order, with a summary. ``rerun``
+    names the lessons of the latest run when the others come from an earlier one (``--update``)."""
     lines = [
         "# Evidence: what each lesson's experiment measured",
         "",
@@ -76,7 +91,10 @@ def evidence_table(ev_dir: Path, times: dict[str, float], profile: str, loads: l
         "a paired bootstrap over validation images where one trained model is evaluated two "
         "ways. *confirmed*: the interval excludes 0 in the claimed direction; *not separated*: "
         "it includes 0; *reversed*: it excludes 0 the other way. Exact checks state what they "
-        "compared.",
+        "compared."
+        + (f" Lessons {', '.join(r[:2] for r in rerun)} were re-run on {time.strftime('%Y-%m-%d')} "
+           "with `--update`; the others come from the earlier run in the same folder."
+           if rerun else ""),
         "",
         "| lesson | claim | comparison | effect (95 % CI) | status | steps | time |",
         "|---|---|---|---|---|---:|---:|",
@@ -107,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="cpu", choices=("smoke", "cpu", "gpu"))
     p.add_argument("--out", type=Path, default=None, help="default: runs/<profile>")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    p.add_argument("--update", action="store_true",
+                   help="merge this run's lessons into OUT's earlier results (times.md, evidence/) "
+                        "and, once all 20 lessons have a result there in the cpu profile, rewrite "
+                        "EVIDENCE.md; the table names the lessons re-run")
     p.add_argument("--evidence", type=Path, default=None,
                    help="where to write the evidence table (default: OUT/EVIDENCE.md, and "
                         "EVIDENCE.md at the repository root after all lessons in the cpu profile)")
@@ -121,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ[EVIDENCE_ENV] = str(ev_dir)
     times: dict[str, float] = {}
     loads: list[float] = []
+    earlier = _read_times(out / "times.md") if args.update else {}
     lines = [f"| notebook | {args.profile} time | load after | status |", "|---|---:|---:|---|"]
     total = 0.0
     for path in paths:
@@ -137,11 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"| all {len(paths)} | {total // 60:.0f}:{total % 60:02.0f} | | |")
     (out / "times.md").write_text("\n".join(lines) + "\n")
     print(lines[-1])
-    table = evidence_table(ev_dir, times, args.profile, loads)
+    rerun = sorted(times)
+    if args.update:  # the earlier run's lessons that this run did not repeat
+        for stem, (seconds, load, status) in earlier.items():
+            if stem not in times:
+                times[stem] = seconds
+                loads.append(load)
+                lines.insert(-1, f"| {stem} | {_minutes(seconds)} | {load:.2f} | {status} |")
+        lines[2:-1] = sorted(lines[2:-1])
+        (out / "times.md").write_text("\n".join(lines) + "\n")
+    table = evidence_table(ev_dir, times, args.profile, loads,
+                           rerun=rerun if args.update and len(rerun) < len(times) else None)
     targets = [out / "EVIDENCE.md"]
+    all_lessons = {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     if args.evidence:
         targets.append(args.evidence)
-    elif args.profile == "cpu" and not args.notebooks:
+    elif args.profile == "cpu" and (not args.notebooks or (args.update and all_lessons <= set(times))):
         targets.append(ROOT / "EVIDENCE.md")
     for t in targets:
         t.write_text(table)
