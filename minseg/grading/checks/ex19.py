@@ -1,4 +1,5 @@
-"""Exercise 19 (transformers): patch embedding, attention, multi-head self-attention."""
+"""Exercise 19 (transformers): patch embedding, attention, multi-head self-attention and
+SegFormer's spatial-reduction attention."""
 from __future__ import annotations
 
 import math
@@ -45,6 +46,33 @@ def _mha_cases(seed: int) -> list[Case]:
     return out
 
 
+def _sra_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex19.sra")
+    out = []
+    for n, h, w, d, heads, sr in [(1, 4, 4, 4, 1, 2), (2, 4, 6, 8, 2, 2), (1, 8, 4, 6, 3, 4)]:
+        s = 1 / math.sqrt(d)
+        out.append(Case({"x": torch.randn(n, h * w, d, generator=g), "h": h, "w": w,
+                         "wq": torch.randn(d, d, generator=g) * s, "bq": torch.randn(d, generator=g) * 0.1,
+                         "wkv": torch.randn(2 * d, d, generator=g) * s, "bkv": torch.randn(2 * d, generator=g) * 0.1,
+                         "wproj": torch.randn(d, d, generator=g) * s, "bproj": torch.randn(d, generator=g) * 0.1,
+                         "heads": heads, "wsr": torch.randn(d, d, sr, sr, generator=g) * s / sr,
+                         "bsr": torch.randn(d, generator=g) * 0.1,
+                         "ln_w": 1 + 0.1 * torch.randn(d, generator=g), "ln_b": 0.1 * torch.randn(d, generator=g),
+                         "sr": sr},
+                        f"x {n}x{h * w}x{d} ({h}x{w} map), {heads} heads, reduction {sr}"))
+    return out
+
+
+@torch.no_grad()
+def _ref_sra(x, h, w, wq, bq, wkv, bkv, wproj, bproj, heads, wsr, bsr, ln_w, ln_b, sr):
+    attn = EfficientSelfAttention(x.shape[-1], heads, sr=sr).eval()
+    for mod, wt, b in ((attn.q, wq, bq), (attn.kv, wkv, bkv), (attn.proj, wproj, bproj),
+                       (attn.reduce, wsr, bsr), (attn.norm, ln_w, ln_b)):
+        mod.weight.copy_(wt)
+        mod.bias.copy_(b)
+    return attn(x, h, w)
+
+
 @torch.no_grad()
 def _ref_mha(x, wq, bq, wkv, bkv, wproj, bproj, heads):
     attn = EfficientSelfAttention(x.shape[-1], heads, sr=1).eval()
@@ -68,4 +96,11 @@ TASKS = [
          "attention, concatenate heads, project with wproj, bproj", _mha_cases, _ref_mha,
          compare=close(rtol=1e-4, atol=1e-5),
          hint="head h uses channels h*d/heads .. (h+1)*d/heads of q, k and v; k is the first half of kv"),
+    Task("ex19.spatial_reduction_attention", "spatial_reduction_attention", 3,
+         "SegFormer's efficient self-attention: queries from every token, keys and values from the "
+         "h x w token map shrunk sr times per side by a sr x sr stride-sr conv (wsr, bsr) and a "
+         "LayerNorm (ln_w, ln_b, eps 1e-5), then multi-head attention and the projection",
+         _sra_cases, _ref_sra, compare=close(rtol=1e-4, atol=1e-5),
+         hint="tokens -> map: x.transpose(1, 2).reshape(n, d, h, w); the reduction is patch_embed "
+              "with patch sr; LayerNorm normalises each token's d channels (biased variance)"),
 ]
