@@ -1,11 +1,13 @@
-"""Exercise 10 (class imbalance): pixel counts, median frequency and inverse frequency weights."""
+"""Exercise 10 (class imbalance): pixel counts, median frequency and inverse frequency weights,
+class-balanced image sampling weights, and a rare-class training challenge."""
 from __future__ import annotations
 
 import torch
 
 from minseg.grading.challenge import Challenge
 from minseg.grading.checks._common import blobs, challenge_task, rng
-from minseg.grading.tasks import Case, Task
+from minseg.grading.tasks import Case, Task, close
+from minseg.data.sampling import balanced_image_weights
 from minseg.losses import class_frequencies, class_weights
 
 SLUG = "10_class_imbalance"
@@ -34,6 +36,20 @@ def _count_cases(seed: int) -> list[Case]:
         out.append(Case({"counts": counts, "image_pixels": totals}, note))
     return out
 
+
+
+def _presence_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex10.presence")
+    out = []
+    for n, c, power, note in [(6, 4, 0.5, "6 images, 4 classes"), (8, 5, 1.0, "power 1, class 4 in no image"),
+                              (5, 3, 0.0, "power 0 (uniform)")]:
+        presence = torch.rand(n, c, generator=g) < 0.4
+        presence[:, 0] = True                    # background nearly everywhere
+        presence[0, 1:] = False                  # an image holding background only
+        if c == 5:
+            presence[:, 4] = False
+        out.append(Case({"presence": presence, "power": power}, note))
+    return out
 
 
 CHALLENGE = Challenge(
@@ -74,6 +90,14 @@ TASKS = [
          "w_c = total / (K * counts_c) over the K classes that occur, 0 for absent classes",
          lambda seed: [Case({"counts": c.inputs["counts"]}, c.note) for c in _count_cases(seed)],
          lambda counts: class_weights(counts, "inverse")),
+    Task("ex10.image_sampling_weights", "image_sampling_weights", 2,
+         "class-balanced sampling weights: f_c = share of images containing class c (background, "
+         "class 0, left out), factor_c = (1 / f_c)^power for classes that occur; an image's weight "
+         "is the largest factor among its classes, or the smallest factor if it holds none",
+         _presence_cases,
+         lambda presence, power: balanced_image_weights(presence, power),
+         compare=close(rtol=1e-6, atol=1e-9),
+         hint="classes in no image have no factor; an image with background only still gets drawn"),
     challenge_task("ex10", CHALLENGE, _challenge_reference,
                    "a recipe whose mean IoU of the rare classes (bus, cow) on held-out scenes "
                    "reaches the bands within the challenge's steps",
