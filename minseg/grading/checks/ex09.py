@@ -1,4 +1,5 @@
-"""Exercise 09 (boundaries): boundary pixels, tolerance bands and boundary F1."""
+"""Exercise 09 (boundaries): boundary pixels, tolerance bands, boundary F1, the deep-supervision
+loss, and a boundary training challenge."""
 from __future__ import annotations
 
 import torch
@@ -64,6 +65,26 @@ def _ref_f1(pred_boundary, target_boundary, tolerance):
 
 
 
+def _aux_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex09.aux")
+    out = []
+    for n, c, h, w, aux_sizes, weight in [(1, 3, 8, 8, [(4, 4)], 0.4), (2, 4, 12, 10, [(6, 5), (3, 3)], 0.5),
+                                          (2, 2, 6, 6, [(6, 6)], 0.0)]:
+        masks = torch.stack([blobs(g, h, w, c, ignore_border=True) for _ in range(n)])
+        out.append(Case({"logits": torch.randn(n, c, h, w, generator=g),
+                         "aux_logits": [torch.randn(n, c, a, b, generator=g) for a, b in aux_sizes],
+                         "masks": masks, "weight": weight},
+                        f"{n}x{c}x{h}x{w} logits, aux at {aux_sizes}, weight {weight}, void borders"))
+    return out
+
+
+def _ref_aux(logits, aux_logits, masks, weight):
+    from minseg.losses import cross_entropy
+    from minseg.train import batch_loss
+
+    return batch_loss(cross_entropy, {"out": logits, "aux": aux_logits}, masks, weight)
+
+
 CHALLENGE = Challenge(
     classes=("person", "bicycle", "chair"),
     scene={"classes": ["person", "bicycle", "chair"], "thin": 0.8, "scale": [1.2, 1.6]},
@@ -92,6 +113,11 @@ TASKS = [
          "F1 of boundary maps: precision = matched predicted / predicted boundary pixels, "
          "recall = matched target / target pixels, matched within `tolerance`; empty side = 1",
          _f1_cases, _ref_f1, hint="F1 = 2PR / (P + R), 0 when P + R = 0"),
+    Task("ex09.deep_supervision_loss", "deep_supervision_loss", 2,
+         "deep supervision: CE(logits) + weight * sum over the auxiliary logits of CE(aux "
+         "upsampled bilinearly, align_corners=False, to the mask size), CE averaged over the "
+         "non-255 pixels", _aux_cases, _ref_aux, hint="F.interpolate(a, size=masks.shape[-2:], "
+         "mode='bilinear', align_corners=False); F.cross_entropy(..., ignore_index=255)"),
     challenge_task("ex09", CHALLENGE, _challenge_reference,
                    "a recipe whose trimap IoU (2 px band) on held-out thin-part scenes reaches the "
                    "bands within the challenge's steps",
