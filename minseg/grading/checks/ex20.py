@@ -1,5 +1,9 @@
-"""Exercise 20 (real-time models): depthwise separable convolution and what it saves."""
+"""Exercise 20 (real-time models): depthwise separable convolution and what it saves, a latency
+benchmark that measures what it should, and a compute-capped training challenge."""
 from __future__ import annotations
+
+import copy
+import statistics
 
 import torch
 import torch.nn as nn
@@ -8,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from minseg.grading.challenge import Challenge
 from minseg.grading.checks._common import challenge_task, rng
-from minseg.grading.tasks import Case, Task, exact
+from minseg.grading.tasks import Case, Task, close, exact
 
 SLUG = "20_realtime_models"
 TITLE = "Real-time models"
@@ -77,6 +81,70 @@ CHALLENGE = Challenge(
 """Accuracy under a compute cap: at most ``max_gflops`` per 64 px image."""
 
 
+class SimulatedDevice:
+    """An accelerator the grader controls, asynchronous like CUDA: ``run()`` launches one
+    forward pass (the ``i``-th call takes ``costs[i]`` seconds of device time) and returns at
+    once; ``sync()`` waits until the queued work is done; ``clock()`` reads the host clock in
+    seconds. A timer without ``sync()`` measures only the launch (``launch`` seconds). Pickles
+    as a fresh device, so the student's copy starts where the grader's did."""
+
+    def __init__(self, costs, launch: float = 1e-5):
+        self.costs, self.launch = [float(c) for c in costs], float(launch)
+        self.t, self.queued, self.calls = 0.0, 0.0, 0
+
+    def __getstate__(self) -> dict:
+        return {"costs": self.costs, "launch": self.launch}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["costs"], state["launch"])
+
+    def __deepcopy__(self, memo) -> "SimulatedDevice":
+        return SimulatedDevice(self.costs, self.launch)
+
+    def run(self) -> None:
+        if self.calls >= len(self.costs):
+            raise RuntimeError(f"run() called {self.calls + 1} times; the benchmark asked for "
+                               f"{len(self.costs)} (warmup + repeats)")
+        self.queued += self.costs[self.calls]
+        self.t += self.launch
+        self.calls += 1
+
+    def sync(self) -> None:
+        self.t += self.queued
+        self.queued = 0.0
+
+    def clock(self) -> float:
+        return self.t
+
+
+def _latency_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex20.latency")
+    out = []
+    for warmup, repeats, note in [(2, 5, "2 slow warm-up calls, an outlier among 5"),
+                                  (1, 4, "an even number of timed calls"), (0, 3, "no warm-up")]:
+        costs = (0.005 + 0.01 * torch.rand(warmup + repeats, generator=g, dtype=torch.float64)).tolist()
+        for i in range(warmup):
+            costs[i] *= 40                      # first calls: allocation, autotuning
+        if repeats >= 5:
+            costs[warmup + 1] *= 15             # one interrupted run: the median ignores it
+        out.append(Case({"device": SimulatedDevice(costs), "warmup": warmup, "repeats": repeats},
+                        f"{note} (simulated asynchronous device)"))
+    return out
+
+
+def _ref_latency(device, warmup: int, repeats: int) -> float:
+    d = copy.deepcopy(device)
+    times = []
+    for i in range(warmup + repeats):
+        d.sync()
+        t0 = d.clock()
+        d.run()
+        d.sync()
+        if i >= warmup:
+            times.append(d.clock() - t0)
+    return 1000 * statistics.median(times)
+
+
 def _challenge_reference(num_classes: int, data) -> dict:
     from minseg.models import build_model
 
@@ -95,6 +163,13 @@ TASKS = [
     Task("ex20.separable_cost_ratio", "separable_cost_ratio", 1,
          "FLOPs of a depthwise separable conv divided by those of a standard k x k conv (same "
          "c_in, c_out, stride 1)", _ratio_cases, _ref_ratio),
+    Task("ex20.latency_ms", "latency_ms", 2,
+         "median latency in ms of one forward pass: `warmup` untimed calls, then `repeats` calls "
+         "each timed alone, synchronising the device before reading the clock (median of an "
+         "even count = mean of the two middle values)", _latency_cases, _ref_latency,
+         compare=close(rtol=1e-6, atol=1e-9),
+         hint="device.sync(); t0 = device.clock(); device.run(); device.sync(); "
+              "t = device.clock() - t0; statistics.median"),
     challenge_task("ex20", CHALLENGE, _challenge_reference,
                    "a recipe under the compute cap whose mIoU on held-out scenes reaches the bands "
                    "within the challenge's steps",
