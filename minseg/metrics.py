@@ -1,5 +1,5 @@
 """Segmentation metrics: the dataset confusion matrix and everything read off it, boundary
-quality (boundary F1, trimap IoU) and panoptic quality.
+quality (boundary F1, trimap IoU), panoptic quality, and calibration (reliability bins, ECE).
 
 Conventions (``DESIGN.md``, "Conventions that every module follows"):
 
