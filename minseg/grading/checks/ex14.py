@@ -1,4 +1,5 @@
-"""Exercise 14 (weak supervision): partial cross entropy, boxes to masks, image tags."""
+"""Exercise 14 (weak supervision): partial cross entropy, boxes to masks, image tags, and the
+log-sum-exp pooling of multiple-instance learning."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +7,8 @@ import torch
 from minseg.grading.checks._common import IGNORE, blobs, call_loss_and_grad, labels, logits, rng
 from minseg.grading.tasks import Case, Task, exact
 from minseg.losses import partial_cross_entropy as ref_partial_ce
-from minseg.weak import boxes_to_masks, tags_from_mask
+from minseg.grading.tasks import close
+from minseg.weak import boxes_to_masks, mil_pool, tags_from_mask
 
 SLUG = "14_weak_supervision"
 TITLE = "Weak supervision"
@@ -49,6 +51,19 @@ def _tag_cases(seed: int) -> list[Case]:
         Case({"mask": torch.zeros(4, 4, dtype=torch.long), "num_classes": 3}, "background only")]
 
 
+def _lse_cases(seed: int) -> list[Case]:
+    g = rng(seed, "ex14.lse")
+    out = []
+    for n, c, h, w, scale, r, note in [(1, 3, 5, 5, 1.0, 1.0, "r = 1"),
+                                       (2, 4, 6, 4, 2.0, 5.0, "r = 5, 2 images"),
+                                       (2, 2, 4, 4, 10.0, 20.0, "r = 20, large scores (overflow without care)")]:
+        valid = torch.rand(n, h, w, generator=g) > 0.3
+        valid[:, 0, 0] = True                        # no empty bag
+        out.append(Case({"scores": torch.randn(n, c, h, w, generator=g) * scale, "valid": valid, "r": r},
+                        f"scores {n}x{c}x{h}x{w}, {note}, some pixels outside the bag"))
+    return out
+
+
 TASKS = [
     Task("ex14.partial_cross_entropy", "partial_cross_entropy", 2,
          "cross entropy averaged over the labelled pixels only (unlabelled = 255) of the whole "
@@ -63,4 +78,10 @@ TASKS = [
          "image-level tags: a bool vector [C], True for every foreground class (not 0, not 255) "
          "in the mask", _tag_cases, lambda mask, num_classes: tags_from_mask(mask, num_classes),
          compare=exact()),
+    Task("ex14.lse_pool", "lse_pool", 2,
+         "log-sum-exp pooling of multiple-instance learning: for each image and class, (1/r) log("
+         "mean over the bag's pixels (valid True) of exp(r * score)); N,C", _lse_cases,
+         lambda scores, valid, r: mil_pool(scores, valid, "lse", r=r), compare=close(rtol=1e-4, atol=1e-5),
+         hint="mask the pixels outside the bag with -inf and use torch.logsumexp, then subtract "
+              "log |bag|: exp(r * score) alone overflows"),
 ]
