@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from minseg.config import Profile, profile, seed_everything
+from minseg.infer import _logits
 from minseg.metrics import boundary_f1, scores_from_confusion
 from minseg.models import count_parameters
 from minseg.stats import (Difference, Interval, bootstrap_difference, format_pm, mean_interval,
@@ -39,7 +40,7 @@ def predictions(model: nn.Module, loader: Iterable, device: str | torch.device |
     xs, ys, ps = [], [], []
     seen = 0
     for x, y in loader:
-        ps.append(model(x.to(device)).argmax(1).cpu())
+        ps.append(_logits(model(x.to(device))).argmax(1).cpu())
         xs.append(x.cpu()), ys.append(y.cpu())
         seen += len(x)
         if limit is not None and seen >= limit:

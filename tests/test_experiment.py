@@ -122,3 +122,19 @@ def test_evidence_rows(tmp_path, monkeypatch, capsys):
 
 def test_throughput_positive():
     assert throughput(_net(), 16, batch_size=2, reps=2) > 0
+
+
+def test_predictions_read_the_out_entry_of_dict_outputs():
+    """Models that return a dict (torchvision's, MaskFormer's) are evaluated on ``"out"``."""
+    class DictNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 2, 1)
+
+        def forward(self, x):
+            return {"out": self.conv(x), "aux": self.conv(x).flip(1)}
+
+    net = DictNet()
+    batches = [(torch.randn(2, 3, 5, 5), torch.zeros(2, 5, 5, dtype=torch.long))]
+    _, _, preds = predictions(net, batches)
+    assert torch.equal(preds, net.conv(batches[0][0]).argmax(1))

@@ -165,15 +165,21 @@ class SegFormer(nn.Module):
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, channels=self.in_channels)
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's last stage (stride 32) and the all-MLP decoder's fused features
+        (stride 4): everything before the classifier. A mask-classification head
+        (:class:`~minseg.models.maskformer.MaskFormer`) reads both."""
         feats, y = [], x
         for stage in self.stages:
             y = stage(y)
             feats.append(y)
         size = feats[0].shape[-2:]
         y = torch.cat([resize(lin(f), size) for lin, f in zip(self.linears, feats)], dim=1)
-        return resize(self.classifier(self.fuse(y)), x.shape[-2:])
+        return feats[-1], self.fuse(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, channels=self.in_channels)
+        return resize(self.classifier(self.features(x)[1]), x.shape[-2:])
 
 
 def segformer(num_classes: int, width: int = 16, in_channels: int = 3,
