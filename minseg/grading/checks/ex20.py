@@ -98,6 +98,10 @@ class SimulatedDevice:
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["costs"], state["launch"])
 
+    def __repr__(self) -> str:
+        costs = ", ".join(f"{c:.6g}" for c in self.costs)
+        return f"SimulatedDevice(costs=[{costs}], launch={self.launch:g})"
+
     def __deepcopy__(self, memo) -> "SimulatedDevice":
         return SimulatedDevice(self.costs, self.launch)
 
