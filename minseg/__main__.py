@@ -38,6 +38,16 @@ def _scale_range(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _registry(kind: str) -> list[str]:
+    """The names in a registry, for ``choices`` and help: the registry is the one list
+    (``minseg.models.MODELS``, ``minseg.losses.LOSSES``), so the CLI cannot forget an entry."""
+    if kind == "models":
+        from minseg.models import MODELS as reg
+    else:
+        from minseg.losses import LOSSES as reg
+    return list(reg)
+
+
 def _model_kwargs(text: str) -> dict:
     """argparse's type for ``--model-kwargs``: a JSON object."""
     try:
@@ -220,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluate mIoU on val and save a figure of predictions. About "
                                    "a minute of training on 2 CPU cores.")
     _add_profile(p)
-    p.add_argument("--model", default=DEMO["model"], help="model name (see minseg.models.MODELS)")
+    p.add_argument("--model", default=DEMO["model"], choices=_registry("models"),
+                   help="a model from minseg.models.MODELS: %(choices)s")
     p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
                    help="JSON for build_model, e.g. '{\"encoder_blocks\": [1, 1]}'")
     p.add_argument("--classes", default=None,
@@ -254,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epoch; --resume continues from the latest one. Works under "
                                    "torchrun for several GPUs or machines.")
     _add_profile(p)
-    p.add_argument("--model", default="unet")
+    p.add_argument("--model", default="unet", choices=_registry("models"),
+                   help="a model from minseg.models.MODELS: %(choices)s")
     p.add_argument("--model-kwargs", type=_model_kwargs, default=None,
                    help='JSON, e.g. \'{"skips": false}\'')
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
@@ -265,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--loss", default="ce", help="a name from minseg.losses.LOSSES, e.g. ce, focal, "
-                                                "dice, ce+dice")
+    p.add_argument("--loss", default="ce", choices=_registry("losses"),
+                   help="a loss from minseg.losses.LOSSES: %(choices)s")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
