@@ -2,7 +2,7 @@
 
 Every notebook's wall time (the sum of its cells, kernel start included) is reported at the
 end of the run, and those over ``MINSEG_NOTEBOOK_BUDGET_S`` (default 60 s, the smoke-profile
-budget in DESIGN.md) are flagged. A notebook over twice the budget fails the run: the slack
+budget in docs/DESIGN.md) are flagged. A notebook over twice the budget fails the run: the slack
 absorbs a busy machine (torch's threads slow down a lot when the cores are shared), a real
 regression does not hide in it.
 """

@@ -101,7 +101,7 @@ class InvertedResidual(nn.Module):
 
 def resize(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
     """Bilinear resize to ``size`` with ``align_corners=False`` (the convention of every model
-    here; see DESIGN.md), as DeepLabv3 (arXiv:1706.05587) upsamples its logits. A no-op when
+    here; see docs/DESIGN.md), as DeepLabv3 (arXiv:1706.05587) upsamples its logits. A no-op when
     the size already matches."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x

@@ -1,7 +1,7 @@
 """Segmentation metrics: the dataset confusion matrix and everything read off it, boundary
 quality (boundary F1, trimap IoU), panoptic quality, and calibration (reliability bins, ECE).
 
-Conventions (``DESIGN.md``, "Conventions that every module follows"):
+Conventions (``docs/DESIGN.md``, "Conventions"):
 
 * One ``C x C`` confusion matrix is accumulated over the whole dataset, rows = target,
   columns = prediction; pixels whose *target* is ``ignore_index`` (255, VOC's void) are dropped.
@@ -164,7 +164,7 @@ class ConfusionMatrix:
     ``int64`` ``C x C`` matrix (rows = target, cols = prediction). ``device=None`` keeps the
     matrix on the device of the first batch. Under ``torch.distributed`` call
     :meth:`all_reduce` once before :meth:`compute`. Conventions: see the module docstring and
-    ``DESIGN.md``; reference: torchmetrics ``MulticlassJaccardIndex`` (macro).
+    ``docs/DESIGN.md``; reference: torchmetrics ``MulticlassJaccardIndex`` (macro).
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = IGNORE_INDEX,
