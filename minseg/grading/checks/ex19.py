@@ -64,22 +64,22 @@ def _sra_cases(seed: int) -> list[Case]:
 
 
 @torch.no_grad()
-def _ref_sra(x, h, w, wq, bq, wkv, bkv, wproj, bproj, heads, wsr, bsr, ln_w, ln_b, sr):
+def _loaded_attention(x, h, w, heads, sr, weights) -> torch.Tensor:
+    """EfficientSelfAttention with the case's weights, applied to ``x`` (an ``h x w`` map)."""
     attn = EfficientSelfAttention(x.shape[-1], heads, sr=sr).eval()
-    for mod, wt, b in ((attn.q, wq, bq), (attn.kv, wkv, bkv), (attn.proj, wproj, bproj),
-                       (attn.reduce, wsr, bsr), (attn.norm, ln_w, ln_b)):
-        mod.weight.copy_(wt)
-        mod.bias.copy_(b)
+    for mod, (wt, b) in weights.items():
+        getattr(attn, mod).weight.copy_(wt)
+        getattr(attn, mod).bias.copy_(b)
     return attn(x, h, w)
 
 
-@torch.no_grad()
+def _ref_sra(x, h, w, wq, bq, wkv, bkv, wproj, bproj, heads, wsr, bsr, ln_w, ln_b, sr):
+    return _loaded_attention(x, h, w, heads, sr, {"q": (wq, bq), "kv": (wkv, bkv), "proj": (wproj, bproj),
+                                                  "reduce": (wsr, bsr), "norm": (ln_w, ln_b)})
+
+
 def _ref_mha(x, wq, bq, wkv, bkv, wproj, bproj, heads):
-    attn = EfficientSelfAttention(x.shape[-1], heads, sr=1).eval()
-    for lin, w, b in ((attn.q, wq, bq), (attn.kv, wkv, bkv), (attn.proj, wproj, bproj)):
-        lin.weight.copy_(w)
-        lin.bias.copy_(b)
-    return attn(x, 1, x.shape[1])
+    return _loaded_attention(x, 1, x.shape[1], heads, 1, {"q": (wq, bq), "kv": (wkv, bkv), "proj": (wproj, bproj)})
 
 
 TASKS = [
