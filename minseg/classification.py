@@ -1,17 +1,18 @@
-"""Image-level ("which classes are present?") training and scoring, for the lesson-2 contrast.
+"""Image-level classification ("which classes are present?") and what it can say about *where*.
 
-A segmenter answers *what is where*; a multi-label classifier answers only *what*. To compare
-the two on the same data, the classifier's targets are derived from the segmentation masks
-(:func:`presence_targets`: a class is present if at least one of its pixels is labelled), it is
-trained with binary cross-entropy per class (:func:`fit_classifier`, the multi-label setting of
-Pascal VOC classification), and scored by mean average precision (:func:`evaluate_classifier`,
-the VOC classification metric, Everingham et al. 2010,
-http://host.robots.ox.ac.uk/pascal/VOC/pubs/everingham10.pdf).
+A segmenter answers *what is where*; a multi-label classifier answers only *what*. Lessons 2 and
+14 both train one on the same data as a segmenter: the targets are the classes present in each
+mask (:func:`minseg.data.contents.class_presence`), the loss is binary cross-entropy per class
+(:func:`fit_classifier`, the multi-label setting of Pascal VOC classification), and the score is
+mean average precision and tag F1 (:func:`evaluate_classifier`; the VOC classification metric,
+Everingham et al. 2010, http://host.robots.ox.ac.uk/pascal/VOC/pubs/everingham10.pdf).
 
-:func:`cam_masks` turns a classifier made fully convolutional
-(:func:`minseg.models.fully_convolutional`) into a coarse segmentation, class activation map
-style (Zhou et al., "Learning Deep Features for Discriminative Localization",
-https://arxiv.org/abs/1512.04150): the answer to "how well does a classifier localise?".
+*Where* comes from the class activation map (Zhou et al. 2016, https://arxiv.org/abs/1512.04150):
+for a classifier ending in global average pooling and a Linear layer
+(:class:`minseg.models.GAPClassifier`), the class score *before* pooling
+(:func:`class_activation_maps`). Thresholded with the image's tags it gives pseudo-labels
+(:func:`cam_to_pseudo_labels`, lesson 14); with the classifier's own predicted classes it gives
+a coarse segmentation (:func:`cam_masks`, lesson 2).
 """
 from __future__ import annotations
 
@@ -24,29 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minseg import config
-from minseg.validate import IGNORE_INDEX, check_mask, check_num_classes
+from minseg.data.contents import class_presence
+from minseg.schedule import SCHEDULES, lr_factor
+from minseg.validate import IGNORE_INDEX, check_images, check_num_classes
 
-__all__ = ["presence_targets", "average_precision", "fit_classifier", "evaluate_classifier",
-           "cam_masks"]
+__all__ = ["average_precision", "fit_classifier", "evaluate_classifier",
+           "class_activation_maps", "cam_to_pseudo_labels", "cam_masks", "CAM_NORMALIZATIONS"]
 
-
-def presence_targets(masks: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
-    """Multi-hot image labels from masks: ``N,H,W`` int ids -> ``N,num_classes`` float 0/1.
-
-    ``out[n, c] = 1`` when image ``n`` has at least one pixel labelled ``c``; ``ignore_index``
-    pixels count for no class. Background (id 0) is a class like any other here.
-    """
-    check_num_classes(num_classes)
-    if masks.ndim != 3:
-        raise ValueError(f"masks must have shape N,H,W; got {tuple(masks.shape)}")
-    check_mask(masks, num_classes, "masks", ignore_index=ignore_index)
-    flat = masks.reshape(masks.shape[0], -1).long()
-    if ignore_index is not None:
-        flat = torch.where(flat == ignore_index, num_classes, flat)  # a spill-over column
-    onehot = torch.zeros(masks.shape[0], num_classes + 1, device=masks.device)
-    onehot.scatter_(1, flat, 1.0)
-    return onehot[:, :num_classes]
+CAM_NORMALIZATIONS = ("max", "minmax", "none")
 
 
 def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -70,25 +56,33 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 def fit_classifier(model: nn.Module, train_loader: Iterable, *, num_classes: int,
                    epochs: int | None = None, max_steps: int | None = None,
                    time_budget_s: float | None = None, lr: float = 1e-3,
-                   weight_decay: float = 1e-4, budget_schedule: bool = False, seed: int = 0,
+                   weight_decay: float = 1e-4, schedule: str = "poly",
+                   background: int | None = None, seed: int = 0,
                    device: str | torch.device | None = None) -> list[dict]:
-    """Train an image classifier (``N,3,H,W -> N,num_classes`` logits) on the *presence* of
-    each class in the masks of a segmentation loader, with per-class binary cross-entropy
-    (multi-label), AdamW and the poly schedule of :func:`minseg.train.fit`.
+    """Train an image classifier (``N,3,H,W -> N,num_classes`` logits) on the classes present
+    in the masks of a segmentation loader, with per-class binary cross-entropy (multi-label)
+    and AdamW.
 
-    Stops after ``epochs`` epochs, ``max_steps`` steps or once the wall-clock time reaches
-    ``time_budget_s`` (checked after each step, as :func:`minseg.train.fit` does), whichever
-    comes first; at least one limit is required. ``budget_schedule=True`` runs the learning-rate
-    schedule on the larger of the step fraction and the fraction of the time budget used, as
-    :func:`minseg.train.fit` does, so that a budget-limited run still ends with a decayed learning
-    rate. Returns one dict per (possibly partial) epoch: ``epoch``, ``step``, ``loss``, ``lr``,
+    ``schedule``: the learning-rate schedule of :func:`minseg.schedule.lr_factor` (``"poly"``
+    as :func:`minseg.train.fit`, ``"constant"``, ``"cosine"``). ``background``: a class left
+    out of the loss, as image-level *tags* do (lesson 14; its logit is never trained); ``None``
+    trains every class, background included (lesson 2). The targets come from each batch's
+    masks, so a loader with random crops trains on the classes left in the crop; pass one
+    without (``build_loaders(cfg, augment=False)``) to train on the image's labels exactly.
+
+    Stops after ``epochs`` epochs or ``max_steps`` steps; ``time_budget_s`` is a safety cap
+    checked after each step. At least one limit is required. Returns one dict per (possibly
+    partial) epoch: ``epoch``, ``step``, ``loss`` (mean over its steps), ``lr``,
     ``images_per_s``, ``time_s``.
     """
-    from minseg.train import lr_factor
-
     check_num_classes(num_classes)
     if epochs is None and max_steps is None and time_budget_s is None:
-        raise ValueError("give at least one of epochs, max_steps, time_budget_s")
+        raise ValueError("say how long to train: epochs, max_steps or time_budget_s")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
+    if background is not None and not 0 <= background < num_classes:
+        raise ValueError(f"background must be a class id in 0..{num_classes - 1}, got {background}")
+    scored = [c for c in range(num_classes) if c != background]
     dev = config.device(str(device)) if device is not None else config.device()
     config.seed_everything(seed)
     model.to(dev).train()
@@ -96,7 +90,7 @@ def fit_classifier(model: nn.Module, train_loader: Iterable, *, num_classes: int
                             weight_decay=weight_decay)
     steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
     total = min(max_steps or math.inf, (epochs or math.inf) * steps_per_epoch)
-    if math.isinf(total):  # only a time budget: decay over a nominal 100 epochs
+    if math.isinf(total):  # only a time cap: decay over a nominal 100 epochs
         total = 100 * steps_per_epoch
     history, step, t_start, stop = [], 0, time.perf_counter(), False
     epoch = 0
@@ -104,18 +98,17 @@ def fit_classifier(model: nn.Module, train_loader: Iterable, *, num_classes: int
         loss_sum, n_steps, n_images, t0 = 0.0, 0, 0, time.perf_counter()
         for images, masks in train_loader:
             images, masks = images.to(dev), masks.to(dev)
-            progress = None
-            if budget_schedule and time_budget_s:
-                progress = max(step / total, (time.perf_counter() - t_start) / time_budget_s)
-            lr_now = lr * lr_factor(step, int(total), progress=progress)
+            lr_now = lr * lr_factor(step, int(total), schedule)
             for g in opt.param_groups:
                 g["lr"] = lr_now
             logits = model(images)
             if logits.ndim != 2 or logits.shape[1] != num_classes:
                 raise ValueError(f"the classifier must return N,{num_classes} logits; got shape "
                                  f"{tuple(logits.shape)}")
-            loss = F.binary_cross_entropy_with_logits(
-                logits.float(), presence_targets(masks, num_classes))
+            targets = class_presence(masks, num_classes).float()
+            if background is not None:
+                logits, targets = logits[:, scored], targets[:, scored]
+            loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -142,9 +135,10 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, num_classes: int, *,
 
     Returns ``map`` (mean average precision over the classes with at least one positive
     image; background excluded when ``skip_background``), ``ap`` (per class, NaN without
-    positives), ``exact_match`` (share of images whose predicted set of classes, sigmoid >
-    ``threshold``, equals the true set over the scored classes) and ``scores`` /
-    ``labels`` (``N,C`` sigmoid outputs and targets).
+    positives), ``f1`` (micro-averaged F1 of the predicted tags, sigmoid > ``threshold``,
+    over the scored classes: how well the classifier knows *what* is in each image),
+    ``exact_match`` (share of images whose predicted set of classes equals the true set over
+    the scored classes) and ``scores`` / ``labels`` (``N,C`` sigmoid outputs and targets).
     """
     dev = torch.device(device) if device else next(model.parameters()).device
     was_training = model.training
@@ -152,42 +146,139 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, num_classes: int, *,
     scores, labels = [], []
     for images, masks in loader:
         scores.append(torch.sigmoid(model(images.to(dev)).float()).cpu())
-        labels.append(presence_targets(masks, num_classes).cpu())
+        labels.append(class_presence(masks, num_classes).float().cpu())
     model.train(was_training)
     s, y = torch.cat(scores), torch.cat(labels)
     first = 1 if skip_background else 0
     ap = [float("nan")] * first + [average_precision(s[:, c], y[:, c])
                                    for c in range(first, num_classes)]
     scored = [a for a in ap[first:] if not math.isnan(a)]
-    exact = ((s[:, first:] > threshold) == y[:, first:].bool()).all(1).float().mean()
+    pred, true = s[:, first:] > threshold, y[:, first:].bool()
+    exact = (pred == true).all(1).float().mean()
+    tp, fp, fn = int((pred & true).sum()), int((pred & ~true).sum()), int((~pred & true).sum())
     return {"map": sum(scored) / len(scored) if scored else float("nan"), "ap": ap,
-            "exact_match": float(exact), "scores": s, "labels": y}
+            "f1": 2 * tp / max(2 * tp + fp + fn, 1), "exact_match": float(exact),
+            "scores": s, "labels": y}
 
 
 @torch.no_grad()
-def cam_masks(dense_model: nn.Module, images: torch.Tensor, threshold: float = 0.5,
-              present_threshold: float = 0.5) -> torch.Tensor:
-    """Coarse masks from a classifier made fully convolutional (CAM, arXiv:1512.04150).
+def class_activation_maps(classifier: nn.Module, images: torch.Tensor, *, upsample: bool = True,
+                          normalize: bool | str = "max") -> torch.Tensor:
+    """Class activation maps (Zhou et al. 2016, https://arxiv.org/abs/1512.04150).
 
-    ``dense_model`` is a :class:`minseg.models.DenseClassifier`: ``score_map(x)`` gives class
-    scores on the stride-32 grid, and their spatial mean equals the classifier's logits. For
-    each image: the object classes (ids ``1..C-1``) the classifier calls present (sigmoid of
-    the logit > ``present_threshold``) each get a map, the score map upsampled bilinearly to the
-    image size and min-max normalised to [0, 1]; a pixel takes the present class with the
-    highest normalised score if that score exceeds ``threshold``, else background (0).
+    For a classifier ending in global average pooling and a Linear layer ``fc`` (weights
+    ``w[c, k]``), ``CAM_c(x, y) = sum_k w[c, k] f_k(x, y)`` where ``f`` is the last feature map
+    (``classifier.features(x)``, as :class:`minseg.models.GAPClassifier` has): the class score
+    *before* pooling, so the spatial mean of ``CAM_c`` plus the bias is exactly the logit of
+    class ``c``. (It is also :meth:`minseg.models.DenseClassifier.score_map` minus the bias.)
+
+    ``normalize`` prepares the maps for thresholding:
+
+    * ``"max"`` (or ``True``): ReLU, then divide each map by its maximum (maps in ``[0, 1]``, an
+      all-zero map stays 0), the usual recipe of weakly supervised segmentation;
+    * ``"minmax"``: after upsampling, map each map's minimum to 0 and maximum to 1;
+    * ``"none"`` (or ``False``): the raw scores.
+
+    ``upsample``: resize to the images' ``H, W`` (bilinear, ``align_corners=False``);
+    otherwise the feature resolution. Returns ``N, C, H, W`` float; runs in eval mode without
+    gradients.
+    """
+    mode = {True: "max", False: "none"}[normalize] if isinstance(normalize, bool) else normalize
+    if mode not in CAM_NORMALIZATIONS:
+        raise ValueError(f"unknown normalize {normalize!r}; valid: {', '.join(CAM_NORMALIZATIONS)}")
+    check_images(images, "images", channels=None)
+    fc = getattr(classifier, "fc", None)
+    if not isinstance(fc, nn.Linear) or not callable(getattr(classifier, "features", None)):
+        raise ValueError("the classifier needs .features(x) (the map before global average "
+                         "pooling) and a Linear head named .fc, as minseg.models.GAPClassifier has")
+    was = classifier.training
+    classifier.eval()
+    try:
+        feats = classifier.features(images)
+    finally:
+        classifier.train(was)
+    cams = torch.einsum("ck,nkhw->nchw", fc.weight.to(feats.dtype), feats)
+    if mode == "max":
+        cams = cams.relu()
+        cams = cams / cams.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    if upsample:
+        cams = F.interpolate(cams, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if mode == "max":
+            cams = cams.clamp(0, 1)  # bilinear interpolation stays in range up to rounding
+    if mode == "minmax":
+        lo = cams.amin(dim=(2, 3), keepdim=True)
+        hi = cams.amax(dim=(2, 3), keepdim=True)
+        cams = (cams - lo) / (hi - lo).clamp_min(1e-12)
+    return cams
+
+
+def _tag_matrix(tags, n: int, num_classes: int) -> torch.Tensor:
+    """Tags as a bool ``N, C`` matrix, from such a matrix or from lists of class ids."""
+    if isinstance(tags, torch.Tensor) and tags.dtype == torch.bool:
+        t = tags if tags.ndim == 2 else tags[None]
+        if t.shape != (n, num_classes):
+            raise ValueError(f"tags must be a bool N,C tensor with N={n}, C={num_classes}; got "
+                             f"{tuple(tags.shape)}")
+        return t.clone()
+    out = torch.zeros(n, num_classes, dtype=torch.bool)
+    rows = list(tags)
+    if len(rows) != n:
+        raise ValueError(f"need one list of class ids per image ({n}), got {len(rows)}")
+    for i, row in enumerate(rows):
+        for c in row:
+            if not 0 <= int(c) < num_classes:
+                raise ValueError(f"tag {c} is outside 0..{num_classes - 1}")
+            out[i, int(c)] = True
+    return out
+
+
+def cam_to_pseudo_labels(cams: torch.Tensor, tags, threshold: float = 0.3, *,
+                         ignore_below: float | None = None, background: int = 0,
+                         ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Pseudo-labels from normalised class activation maps and the image tags.
+
+    Each pixel takes the tagged class with the highest CAM (classes not in the tags are never
+    used: the tags are known to be right), or ``background`` where no tagged class reaches
+    ``threshold`` (the background score is the constant ``threshold``, the usual recipe since
+    a classifier has no background map). With ``ignore_below < threshold``, pixels whose best
+    score lies in ``[ignore_below, threshold)`` are uncertain and get ``ignore_index``.
+
+    ``cams``: ``N, C, H, W`` in ``[0, 1]`` (:func:`class_activation_maps`); ``tags``: bool
+    ``N, C`` (:func:`minseg.data.contents.class_presence` with ``background=0``) or one
+    iterable of class ids per image. Returns ``int64
+    N, H, W``.
+    """
+    if cams.ndim != 4 or not cams.is_floating_point():
+        raise ValueError(f"cams must be a float N,C,H,W tensor, got {tuple(cams.shape)} {cams.dtype}")
+    if not 0 <= threshold <= 1:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
+    if ignore_below is not None and not 0 <= ignore_below < threshold:
+        raise ValueError(f"ignore_below must be in [0, threshold), got {ignore_below!r}")
+    n, C = cams.shape[:2]
+    t = _tag_matrix(tags, n, C).to(cams.device)
+    t[:, background] = False
+    scores = cams.masked_fill(~t[:, :, None, None], -1.0)
+    best, cls = scores.max(1)
+    labels = torch.where(best >= threshold, cls, torch.full_like(cls, background))
+    if ignore_below is not None:
+        labels = torch.where((best >= ignore_below) & (best < threshold),
+                             torch.full_like(cls, ignore_index), labels)
+    return labels.long()
+
+
+def cam_masks(classifier: nn.Module, images: torch.Tensor, threshold: float = 0.5,
+              present_threshold: float = 0.5) -> torch.Tensor:
+    """A coarse segmentation from a classifier alone (lesson 2): each image's class activation
+    maps, min-max normalised (:func:`class_activation_maps` with ``normalize="minmax"``), read
+    with the classes the classifier itself calls present (sigmoid of the logit >
+    ``present_threshold``; background never) by :func:`cam_to_pseudo_labels`: a pixel takes the
+    present class with the highest map if it reaches ``threshold``, else background (0).
     Returns ``N,H,W`` int64 masks.
     """
-    was_training = dense_model.training
-    dense_model.eval()
-    sm = dense_model.score_map(images).float()                      # N,C,h,w
-    logits = sm.mean(dim=(2, 3))                                    # = the classifier's logits
-    up = F.interpolate(sm, size=images.shape[-2:], mode="bilinear", align_corners=False)
-    lo = up.amin(dim=(2, 3), keepdim=True)
-    hi = up.amax(dim=(2, 3), keepdim=True)
-    norm = (up - lo) / (hi - lo).clamp_min(1e-12)
-    present = torch.sigmoid(logits) > present_threshold             # N,C
-    present[:, 0] = False                                           # background is the fallback
-    norm = torch.where(present[:, :, None, None], norm, torch.full_like(norm, -1.0))
-    best, cls = norm.max(dim=1)
-    dense_model.train(was_training)
-    return torch.where(best > threshold, cls, torch.zeros_like(cls))
+    cams = class_activation_maps(classifier, images, normalize="minmax")
+    was = classifier.training
+    classifier.eval()
+    with torch.no_grad():
+        present = torch.sigmoid(classifier(images).float()) > present_threshold
+    classifier.train(was)
+    return cam_to_pseudo_labels(cams, present, threshold)

@@ -13,7 +13,6 @@ interpolation are cheap in FLOPs, though not free in time).
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -21,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from minseg.data.contents import class_presence, count_instances
 
 __all__ = [
     "flops", "conv2d_cost", "median_time", "speed_table", "LabelCost", "LABEL_COSTS", "LABEL_TYPES",
@@ -204,15 +205,15 @@ LABEL_COSTS: dict[str, LabelCost] = {c.name: c for c in (
 
 def count_objects(dataset) -> int:
     """Number of labelled object instances in a VOC-format dataset: the distinct instance ids
-    (not 0 = background, not 255 = void) in each image's ``SegmentationObject`` PNG, summed.
-    ``dataset`` needs ``__len__`` and ``instance_path(i)`` (as
-    :class:`minseg.data.VOCSegmentationDataset` has)."""
+    (not 0 = background, not 255 = void) in each image's ``SegmentationObject`` PNG, summed
+    (:func:`minseg.data.contents.count_instances` per image). ``dataset`` needs ``__len__`` and
+    ``instance_path(i)`` (as :class:`minseg.data.VOCSegmentationDataset` has)."""
     from PIL import Image
 
     total = 0
     for i in range(len(dataset)):
-        ids = np.unique(np.asarray(Image.open(dataset.instance_path(i))))
-        total += int(np.count_nonzero((ids != 0) & (ids != 255)))
+        with Image.open(dataset.instance_path(i)) as im:
+            total += count_instances(torch.from_numpy(np.asarray(im).copy()))
     return total
 
 
@@ -250,15 +251,15 @@ def image_label_counts(mask: torch.Tensor, instances: torch.Tensor | None = None
                        ignore_index: int = 255, background: int = 0) -> dict:
     """What an annotator has to label in one image: ``{"classes": foreground classes present,
     "objects": object instances}``. ``instances`` (ids ``> 0`` per object, 0 / 255 elsewhere)
-    gives the object count; without it every foreground class counts as one object."""
-    classes = [c for c in torch.unique(mask).tolist() if c not in (ignore_index, background)]
+    gives the object count (:func:`~minseg.data.contents.count_instances`, instances on object
+    pixels only); without it every foreground class counts as one object."""
+    # Any id below 255 is a valid class here: the count does not need the dataset's C.
+    present = class_presence(mask, ignore_index, ignore_index=ignore_index, background=background)
+    classes = int(present.sum())
     if instances is None:
-        objects = len(classes)
-    else:
-        fg = (instances > 0) & (instances != ignore_index) & (mask != background) \
-            & (mask != ignore_index)
-        objects = int(torch.unique(instances[fg]).numel())
-    return {"classes": len(classes), "objects": objects}
+        return {"classes": classes, "objects": classes}
+    return {"classes": classes,
+            "objects": count_instances(instances, mask, ignore_index=ignore_index, background=background)}
 
 
 LABEL_TYPES: dict[str, tuple[str, ...]] = {

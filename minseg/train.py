@@ -1,7 +1,11 @@
-"""The training engine: :func:`fit` and :func:`evaluate`.
+"""The training engine: :func:`fit`, the loop, and its run state.
 
 One small loop in the spirit of nanoGPT's ``train.py``: plain functions, explicit arguments,
 no framework. Every notebook, the demo and ``python -m minseg train`` train with it.
+What it uses lives next door and is importable from here too: :func:`evaluate` in
+:mod:`minseg.evaluation`, :class:`History` in :mod:`minseg.history`, the learning-rate schedule
+:func:`lr_factor` in :mod:`minseg.schedule`, the progress bars in :mod:`minseg.progress`, and
+:func:`batch_loss` with the per-batch device and precision helpers in :mod:`minseg.step`.
 
 >>> history = fit(model, train_loader, val_loader, num_classes=21, max_steps=600)  # doctest: +SKIP
 >>> history.last["miou"], history.best("miou")["epoch"]                         # doctest: +SKIP
@@ -42,197 +46,39 @@ checkpoints.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from minseg import checkpoint, config, distributed
 from minseg.checkpoint import (CHECKPOINT_NAME, latest_checkpoint, load_checkpoint,
                                load_model_from_checkpoint, save_checkpoint)
-from minseg.data.sampling import eval_shard, seeded_loader
+from minseg.data.sampling import seeded_loader
+from minseg.evaluation import evaluate
+from minseg.history import History
 from minseg.infer import _logits
-from minseg.validate import IGNORE_INDEX, check_images, check_mask, check_num_classes
+from minseg.progress import QUIET_ENV, _bar, _show_progress
+from minseg.schedule import SCHEDULES, lr_factor
+from minseg.step import (_amp_dtype, _autocast, _len, _resolve_device, _resolve_loss, _split,
+                         batch_loss)
+from minseg.validate import check_images, check_mask, check_num_classes
 
 __all__ = [
-    "History", "fit", "evaluate", "lr_factor", "save_checkpoint", "load_checkpoint",
-    "latest_checkpoint", "load_model_from_checkpoint", "CHECKPOINT_NAME",
+    "fit", "batch_loss", "OPTIMIZERS", "CUT_SHORT",
+    # defined elsewhere, importable from here as before the split
+    "History", "evaluate", "lr_factor", "SCHEDULES", "QUIET_ENV", "save_checkpoint",
+    "load_checkpoint", "latest_checkpoint", "load_model_from_checkpoint", "CHECKPOINT_NAME",
 ]
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("poly", "cosine", "constant")
-QUIET_ENV = "MINSEG_QUIET"
 CUT_SHORT = "stopped training after"  # in the warning a time cap gives; tools look for it
-
-
-# --------------------------------------------------------------------------------------------
-# history
-# --------------------------------------------------------------------------------------------
-class History(list):
-    """What :func:`fit` returns: a ``list`` of per-epoch dicts, plus a few conveniences.
-
-    Every record has ``epoch`` (1-based), ``step`` (optimizer steps so far), ``loss`` (mean
-    training loss of the epoch, averaged over ranks), ``lr`` (at the end of the epoch),
-    ``images_per_s`` (training throughput, all ranks), ``time_s`` (wall-clock since the start of
-    training, across resumes) and ``epoch_time_s``; with validation data also ``miou``,
-    ``pixel_acc``, ``mdice`` and ``val_loss`` (NaN in epochs that were not evaluated). An epoch cut
-    short by ``max_steps``, the time budget or a callback is recorded too (``steps_in_epoch``
-    tells how far it got).
-
-    ``history["miou"]`` is the column as a list; ``last`` the final record; ``best("miou")`` the
-    record with the highest value (lowest for keys containing ``loss`` or ``time``).
-    ``stop_reason`` says why training ended (``"max_steps"``, ``"epochs"``, ``"time_budget"``,
-    ``"callback"``), ``planned_steps`` how many steps the budget asked for, ``cut_short`` whether
-    the time cap ended the run before them, ``stopped_early`` whether the cap or a callback did,
-    and ``total_time_s`` how long it took. Pass it straight to :func:`minseg.viz.plot_curves`.
-    """
-
-    def __init__(self, records: Iterable[Mapping] = (), *, stop_reason: str | None = None,
-                 total_time_s: float = 0.0, planned_steps: float | None = None) -> None:
-        super().__init__(dict(r) for r in records)
-        self.stop_reason = stop_reason
-        self.total_time_s = total_time_s
-        self.planned_steps = planned_steps
-
-    @property
-    def cut_short(self) -> bool:
-        """True when the time cap stopped training before its step budget was done."""
-        return self.stop_reason == "time_budget"
-
-    @property
-    def stopped_early(self) -> bool:
-        """True when the time cap or a callback ended training before its budget."""
-        return self.stop_reason in ("time_budget", "callback")
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps done (0 before the first epoch record)."""
-        return self.last["step"] if self else 0
-
-    def __getitem__(self, key):
-        if isinstance(key, str):
-            return self.column(key)
-        return super().__getitem__(key)
-
-    @property
-    def last(self) -> dict | None:
-        """The final record (``None`` when empty)."""
-        return super().__getitem__(-1) if self else None
-
-    def column(self, key: str) -> list:
-        """``[record[key] for record in self]`` (NaN where a record lacks the key)."""
-        return [r.get(key, float("nan")) for r in self]
-
-    def best(self, key: str = "miou", mode: str | None = None) -> dict | None:
-        """The record with the best finite ``key``: ``mode="max"`` (default, except ``"min"`` for
-        keys containing ``loss`` or ``time``)."""
-        mode = mode or ("min" if ("loss" in key or "time" in key) else "max")
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-        rows = [r for r in self if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-        if not rows:
-            return None
-        return (max if mode == "max" else min)(rows, key=lambda r: r[key])
-
-    def state_dict(self) -> dict:
-        return {"records": [dict(r) for r in self], "stop_reason": self.stop_reason,
-                "total_time_s": self.total_time_s,
-                "planned_steps": None if self.planned_steps is None else float(self.planned_steps)}
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping) -> "History":
-        return cls(state.get("records", ()), stop_reason=state.get("stop_reason"),
-                   total_time_s=state.get("total_time_s", 0.0),
-                   planned_steps=state.get("planned_steps"))
-
-    def __repr__(self) -> str:
-        keys = [k for k in ("epoch", "step", "loss", "lr", "miou", "images_per_s", "time_s")
-                if any(k in r for r in self)]
-        rows = ["  ".join(f"{k}={_fmt(r.get(k))}" for k in keys) for r in self]
-        tail = f"stop_reason={self.stop_reason!r}" + (
-            f" after {self.steps} of {self.planned_steps:g} planned steps (cut short by the time cap)"
-            if self.cut_short and self.planned_steps else "")
-        return "History([\n  " + "\n  ".join(rows) + f"\n], {tail})" if rows else f"History([], {tail})"
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-# --------------------------------------------------------------------------------------------
-# learning-rate schedule
-# --------------------------------------------------------------------------------------------
-def lr_factor(step: int, total_steps: int, schedule: str = "poly", warmup_steps: int = 0,
-              power: float = 0.9, progress: float | None = None) -> float:
-    """Multiplier of the base learning rate for optimizer step ``step`` (0-based).
-
-    * linear warm-up over the first ``warmup_steps`` steps (Goyal et al. 2017,
-      https://arxiv.org/abs/1706.02677): ``(step + 1) / warmup_steps``;
-    * then ``"poly"``: ``(1 - p) ** power``, the DeepLab schedule (Chen et al. 2016,
-      https://arxiv.org/abs/1606.00915, section 4.1); ``"cosine"``: ``(1 + cos(pi p)) / 2``
-      (SGDR, Loshchilov & Hutter, https://arxiv.org/abs/1608.03983, without restarts);
-      ``"constant"``: 1,
-
-    where ``p`` in [0, 1] is the progress after warm-up, ``(step - warmup) / (total - warmup)``,
-    or ``progress`` when given (e.g. the fraction of a time budget used).
-    """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if progress is None:
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    p = min(max(progress, 0.0), 1.0)
-    if schedule == "poly":
-        return (1.0 - p) ** power
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * p))
-    if schedule == "constant":
-        return 1.0
-    raise ValueError(f"unknown schedule {schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
-
-
-
-
-def _split(batch) -> tuple[torch.Tensor, torch.Tensor]:
-    if isinstance(batch, Mapping):
-        return batch["image"], batch["mask"]
-    if isinstance(batch, (list, tuple)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise ValueError(f"a batch must be an (images, masks) pair, got {type(batch).__name__}")
-
-
-def batch_loss(loss_fn: Callable, output, masks: torch.Tensor, aux_weight: float = 0.4) -> torch.Tensor:
-    """The training loss of one batch from the model's raw ``output``, in float32.
-
-    * A plain tensor (or torchvision's ``{"out": ...}``): ``loss_fn(logits, masks)``.
-    * Deep supervision: a dict whose ``"aux"`` holds one tensor or a list of ``N,C,h,w`` logits
-      from intermediate layers adds ``aux_weight * loss_fn(aux, masks)`` for each, after
-      upsampling it bilinearly to the mask size (Lee et al. 2015, https://arxiv.org/abs/1409.5185).
-    * A loss with the attribute ``wants_outputs = True`` receives the whole output dict instead
-      (every tensor in float32), e.g. a mask-classification loss that needs class and mask logits.
-    """
-    if getattr(loss_fn, "wants_outputs", False):
-        if isinstance(output, Mapping):
-            output = {k: v.float() if torch.is_tensor(v) else v for k, v in output.items()}
-        return loss_fn(output, masks)
-    loss = loss_fn(_logits(output).float(), masks)  # float32, also under autocast
-    aux = output.get("aux") if isinstance(output, Mapping) else None
-    if aux is not None and aux_weight:
-        for a in [aux] if torch.is_tensor(aux) else aux:
-            if a.shape[-2:] != masks.shape[-2:]:
-                a = F.interpolate(a, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-            loss = loss + aux_weight * loss_fn(a.float(), masks)
-    return loss
 
 
 def _check_first_batch(images, masks, logits, num_classes: int) -> None:
@@ -253,163 +99,8 @@ def _check_first_batch(images, masks, logits, num_classes: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# devices, precision, progress
-# --------------------------------------------------------------------------------------------
-def _resolve_device(device) -> torch.device:
-    dev = config.device(str(device)) if device is not None else config.device()
-    if dev.type == "cuda" and distributed.is_distributed():  # one GPU per process under torchrun
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return dev
-
-
-def _amp_dtype(dev: torch.device, amp: bool | None) -> torch.dtype | None:
-    """``None`` (float32), ``torch.bfloat16`` or ``torch.float16`` (the latter needs a scaler)."""
-    if amp is None:
-        amp = dev.type == "cuda"
-    if not amp:
-        return None
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16  # CPU autocast
-
-
-def _autocast(dev: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def _in_notebook() -> bool:
-    shell = sys.modules.get("IPython")
-    try:
-        return shell is not None and type(shell.get_ipython()).__name__ == "ZMQInteractiveShell"
-    except Exception:
-        return False
-
-
-def _show_progress(progress: bool | None) -> bool:
-    """tqdm bars on rank 0 only; by default only in a terminal or a notebook, never under
-    pytest, with ``MINSEG_QUIET=1`` or in the ``smoke`` profile."""
-    if distributed.rank_world()[0] != 0:
-        return False
-    if progress is not None:
-        return bool(progress)
-    if os.environ.get(QUIET_ENV, "").strip() not in ("", "0"):
-        return False
-    if os.environ.get(config.PROFILE_ENV, "").strip().lower() == "smoke":
-        return False
-    if "PYTEST_CURRENT_TEST" in os.environ:
-        return False
-    return _in_notebook() or sys.stderr.isatty()
-
-
-def _bar(show: bool, **kw):
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(**{"dynamic_ncols": True, "leave": True, **kw})
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-
-# --------------------------------------------------------------------------------------------
-# evaluate
-# --------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
-             scales: Sequence[float] = (1.0,), flip: bool = False, amp: bool | None = None,
-             progress: bool | None = None, loss: str | Callable | None = None,
-             channels_last: bool | None = None) -> dict:
-    """Segmentation scores of ``model`` on ``data`` from one dataset-wide confusion matrix.
-
-    ``data`` is a ``DataLoader`` (or any iterable) of ``(images N,3,H,W, masks N,H,W)`` batches,
-    or a ``Dataset``. Pixels whose mask is 255 are ignored. With ``scales != (1.0,)`` or
-    ``flip`` the prediction is :func:`minseg.infer.predict`'s test-time augmentation.
-    Returns :meth:`minseg.metrics.ConfusionMatrix.compute`'s dict (``miou``, ``iou`` per class,
-    ``pixel_acc``, ``mean_acc``, ``dice``, ``mdice``, ``fwiou``) plus ``confusion_matrix`` (the
-    ``int64`` C x C tensor, rows = target), ``images`` and ``time_s``; plus ``loss`` (mean over
-    images) when ``loss`` is given and no test-time augmentation is used.
-
-    Under ``torchrun`` each rank evaluates its share of the samples and the matrices are summed
-    with ``all_reduce``, so every rank gets the scores of the whole dataset.
-    The model is moved to ``device`` (default :func:`minseg.config.device`), run in eval mode,
-    and put back in training mode if it was.
-    """
-    from minseg.metrics import ConfusionMatrix
-
-    check_num_classes(num_classes)
-    dev = _resolve_device(device)
-    net = _unwrap(model)
-    dtype = _amp_dtype(dev, amp)
-    cl = dev.type == "cuda" if channels_last is None else channels_last
-    fmt = torch.channels_last if cl else torch.contiguous_format
-    tta = tuple(scales) != (1.0,) or flip
-    loss_fn = _resolve_loss(loss) if loss is not None and not tta else None
-    if tta:
-        from minseg.infer import predict
-    rank, world = distributed.rank_world()
-    batches = eval_shard(data, rank, world)
-    was_training = net.training
-    net.to(dev, memory_format=fmt).eval()
-    cm = ConfusionMatrix(num_classes, ignore_index=IGNORE_INDEX, device=dev)
-    loss_sum, n_images = torch.zeros((), dtype=torch.float64, device=dev), 0
-    bar = _bar(_show_progress(progress), total=_len(batches), desc="eval", leave=False)
-    t0 = time.perf_counter()
-    try:
-        for batch in batches:
-            images, masks = _split(batch)
-            images = images.to(dev, non_blocking=True, memory_format=fmt)
-            masks = masks.to(dev, non_blocking=True)
-            with _autocast(dev, dtype):
-                raw = predict(net, images, scales=tuple(scales), flip=flip) if tta else net(images)
-            out = _logits(raw).float()
-            if loss_fn is not None:
-                loss_sum += batch_loss(loss_fn, raw, masks, aux_weight=0.0).double() * images.shape[0]
-            n_images += images.shape[0]
-            cm.update(out, masks)
-            if bar is not None:
-                bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
-        net.train(was_training)
-    cm.all_reduce()
-    loss_total, n_total = distributed.all_sum(loss_sum.item(), n_images, device=dev)
-    if n_total == 0:
-        raise ValueError("evaluate got no data: the dataset or loader is empty")
-    result = cm.compute()
-    result.update(confusion_matrix=cm.mat.cpu(), images=int(n_total),
-                  time_s=time.perf_counter() - t0)
-    if loss_fn is not None:
-        result["loss"] = loss_total / n_total
-    return result
-
-
-def _len(x) -> int | None:
-    try:
-        return len(x)
-    except TypeError:
-        return None
-
-
-
-
-# --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
-def _resolve_loss(loss: str | Callable) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if callable(loss):
-        return loss
-    if not isinstance(loss, str):
-        raise ValueError(f"loss must be a name or a callable(logits, target), got {loss!r}")
-    from minseg.losses import get_loss
-
-    return get_loss(loss)  # ValueError listing the valid names for an unknown one
-
-
-
 def _check_args(num_classes, epochs, max_steps, optimizer, schedule, lr, warmup_steps,
                 grad_clip, checkpoint_every, time_budget_s) -> None:
     check_num_classes(num_classes)

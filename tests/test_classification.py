@@ -1,24 +1,15 @@
-"""minseg.classification: presence targets, average precision, classifier training, CAM masks."""
+"""minseg.classification: average precision, classifier training, class activation maps."""
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from minseg.classification import (average_precision, cam_masks, evaluate_classifier,
-                                   fit_classifier, presence_targets)
-from minseg.models import VGGClassifier, fully_convolutional
+from minseg.classification import (average_precision, cam_masks, cam_to_pseudo_labels,
+                                   class_activation_maps, evaluate_classifier, fit_classifier)
+from minseg.models import CAMClassifier, VGGClassifier, fully_convolutional
 
-
-def test_presence_targets_ignores_void_and_counts_any_pixel():
-    m = torch.tensor([[[0, 0], [2, 255]],
-                      [[255, 255], [255, 1]]])
-    t = presence_targets(m, 3)
-    assert t.tolist() == [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
-    with pytest.raises(ValueError):
-        presence_targets(torch.tensor([[[3]]]), 3)
-    with pytest.raises(ValueError):
-        presence_targets(torch.zeros(2, 2, dtype=torch.long), 3)
+IGN = 255
 
 
 def test_average_precision_matches_hand_computation():
@@ -79,23 +70,106 @@ def test_fit_classifier_rejects_a_segmenter_output():
 def test_cam_masks_shape_and_background_fallback():
     torch.manual_seed(0)
     clf = VGGClassifier(3, width=4).eval()
-    dense = fully_convolutional(clf)
     x = torch.randn(2, 3, 64, 64)
-    m = cam_masks(dense, x)
+    m = cam_masks(clf, x)
     assert m.shape == (2, 64, 64) and m.dtype == torch.int64
     assert int(m.min()) >= 0 and int(m.max()) <= 2
     # nothing present -> all background
     with torch.no_grad():
         clf.fc.bias.fill_(-1e4)
-    dense = fully_convolutional(clf)
-    assert int(cam_masks(dense, x).max()) == 0
+    assert int(cam_masks(clf, x).max()) == 0
 
 
-def test_fit_classifier_budget_schedule_decays_with_the_budget():
+def test_minmax_cam_is_the_normalised_score_map_of_the_fully_convolutional_classifier():
+    # An independent route: FCN's convolutionalised head scores every cell (bias included);
+    # min-max normalisation removes the per-class bias, so both give the same maps.
+    torch.manual_seed(0)
+    clf = VGGClassifier(4, width=8)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        for _ in range(30):              # BatchNorm statistics of this input, so maps vary in eval
+            clf(x)
+    clf.eval()
+    with torch.no_grad():
+        sm = torch.nn.functional.interpolate(fully_convolutional(clf).score_map(x), size=(64, 96),
+                                             mode="bilinear", align_corners=False).double()
+    lo, hi = sm.amin((2, 3), keepdim=True), sm.amax((2, 3), keepdim=True)
+    ref = (sm - lo) / (hi - lo)
+    got = class_activation_maps(clf, x, normalize="minmax").double()
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="normalize"):
+        class_activation_maps(clf, x, normalize="softmax")
+
+
+def test_fit_classifier_background_is_left_out_of_the_loss():
     torch.manual_seed(0)
     model = VGGClassifier(2, width=4)
-    hist = fit_classifier(model, _loader(), num_classes=2, epochs=5, time_budget_s=1e-9,
-                          budget_schedule=True, device="cpu")
-    assert hist[-1]["step"] == 1 and hist[-1]["lr"] == 0.0
-    hist = fit_classifier(model, _loader(), num_classes=2, epochs=1, device="cpu")
-    assert hist[-1]["lr"] > 0
+    before = model.fc.weight[0].detach().clone(), model.fc.bias[0].detach().clone()
+    hist = fit_classifier(model, _loader(), num_classes=2, max_steps=3, background=0,
+                          schedule="constant", lr=1e-2, device="cpu")
+    assert hist[-1]["step"] == 3 and hist[-1]["lr"] == 1e-2         # constant schedule
+    # the background logit gets no gradient, so only weight decay moves its row
+    assert torch.allclose(model.fc.bias[0], before[1])
+    with pytest.raises(ValueError, match="background"):
+        fit_classifier(model, _loader(), num_classes=2, max_steps=1, background=2, device="cpu")
+    with pytest.raises(ValueError, match="schedule"):
+        fit_classifier(model, _loader(), num_classes=2, max_steps=1, schedule="step", device="cpu")
+
+
+def test_evaluate_classifier_f1_matches_a_hand_count():
+    class Fixed(nn.Module):
+        def __init__(self, logits):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(1))
+            self.logits = logits
+
+        def forward(self, x):
+            return self.logits[: len(x)]
+
+    masks = torch.tensor([[[0, 1], [2, 2]], [[0, 0], [0, 255]], [[1, 1], [1, 1]]])
+    # predicted: image 0 -> {1} (misses 2), image 1 -> {2} (false), image 2 -> {1, 2} (2 false)
+    logits = torch.tensor([[5.0, 3.0, -3.0], [5.0, -3.0, 3.0], [5.0, 3.0, 3.0]])
+    res = evaluate_classifier(Fixed(logits), [(torch.zeros(3, 3, 2, 2), masks)], 3)
+    tp, fp, fn = 2, 2, 1                     # over classes 1, 2 (background skipped)
+    assert res["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert res["exact_match"] == pytest.approx(0.0)
+
+
+def test_cam_mean_plus_bias_is_the_logit():
+    torch.manual_seed(0)
+    clf = CAMClassifier(5, width=4).eval()
+    x = torch.randn(2, 3, 32, 40)
+    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
+    assert raw.shape == (2, 5, 4, 5)                            # output stride 8
+    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
+    cams = class_activation_maps(clf, x)
+    assert cams.shape == (2, 5, 32, 40) and cams.min() >= 0 and cams.max() <= 1
+
+
+def test_cam_works_for_the_vgg_classifier_and_rejects_others():
+    from minseg.models import VGGClassifier
+
+    clf = VGGClassifier(4, width=4).eval()
+    x = torch.randn(1, 3, 64, 64)
+    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
+    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        class_activation_maps(nn.Conv2d(3, 4, 1), x)
+
+
+def test_cam_to_pseudo_labels():
+    cams = torch.zeros(1, 4, 2, 3)
+    cams[0, 1] = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.0, 0.0]])
+    cams[0, 2] = torch.tensor([[0.1, 0.7, 0.25], [0.0, 0.0, 0.0]])
+    cams[0, 3] = 1.0                                            # high, but not tagged
+    labels = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3)
+    assert labels.tolist() == [[[1, 2, 0], [0, 0, 0]]]
+    same = cam_to_pseudo_labels(cams, torch.tensor([[False, True, True, False]]), threshold=0.3)
+    assert torch.equal(labels, same)
+    unsure = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3, ignore_below=0.15)
+    assert unsure.tolist() == [[[1, 2, IGN], [IGN, 0, 0]]]
+    assert cam_to_pseudo_labels(cams, [[]], threshold=0.3).eq(0).all()
+    with pytest.raises(ValueError):
+        cam_to_pseudo_labels(cams, [[1]], threshold=0.3, ignore_below=0.5)
+
+

@@ -8,8 +8,8 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from minseg.data import VOCSegmentationDataset
-from minseg.data.sampling import (balanced_image_weights, class_balanced_sampler,
-                                  image_class_presence)
+from minseg.data.contents import image_class_presence
+from minseg.data.sampling import balanced_image_weights, class_balanced_sampler
 
 
 def _mask(*ids, size=4):

@@ -1,15 +1,16 @@
-"""Weak labels derived from full masks: points, scribbles, boxes, tags and CAM pseudo-labels."""
+"""Weak labels derived from full masks: points, scribbles, boxes and CAM pseudo-labels."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn as nn
 
-from minseg.weak import (TagClassifier, WeakLabelDataset,
-                         boxes_from_instances, boxes_to_masks, cam_pseudo_labels_for,
-                         cam_to_pseudo_labels, class_activation_maps, fit_classifier,
-                         label_quality, points_from_mask,
-                         scribbles_from_mask, tag_f1, tags_from_mask)
+from minseg.classification import evaluate_classifier, fit_classifier
+from minseg.data import class_presence
+from minseg.models import CAMClassifier
+from minseg.weak import (WeakLabelDataset, boxes_from_instances, boxes_to_masks,
+                         cam_pseudo_labels_for, label_quality, points_from_mask,
+                         scribbles_from_mask)
 
 IGN = 255
 
@@ -107,55 +108,6 @@ def test_boxes_from_instances_and_boxes_to_masks():
         boxes_to_masks([(1, 0, 0, 10, 3)], (10, 10))           # outside
 
 
-def test_tags_from_mask():
-    m = toy_mask()
-    t = tags_from_mask(m, 10)
-    assert t.dtype == torch.bool and t.nonzero().flatten().tolist() == [3, 7]
-    batch = torch.stack([m, torch.zeros_like(m)])
-    tb = tags_from_mask(batch, 10)
-    assert tb.shape == (2, 10) and tb[1].sum() == 0 and torch.equal(tb[0], t)
-    with pytest.raises(ValueError):
-        tags_from_mask(m, 5)                                   # class 7 >= 5
-
-
-def test_cam_mean_plus_bias_is_the_logit():
-    torch.manual_seed(0)
-    clf = TagClassifier(5, width=4).eval()
-    x = torch.randn(2, 3, 32, 40)
-    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
-    assert raw.shape == (2, 5, 4, 5)                            # output stride 8
-    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
-    cams = class_activation_maps(clf, x)
-    assert cams.shape == (2, 5, 32, 40) and cams.min() >= 0 and cams.max() <= 1
-
-
-def test_cam_works_for_the_vgg_classifier_and_rejects_others():
-    from minseg.models import VGGClassifier
-
-    clf = VGGClassifier(4, width=4).eval()
-    x = torch.randn(1, 3, 64, 64)
-    raw = class_activation_maps(clf, x, upsample=False, normalize=False)
-    torch.testing.assert_close(raw.mean((2, 3)) + clf.fc.bias, clf(x), rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError):
-        class_activation_maps(nn.Conv2d(3, 4, 1), x)
-
-
-def test_cam_to_pseudo_labels():
-    cams = torch.zeros(1, 4, 2, 3)
-    cams[0, 1] = torch.tensor([[0.9, 0.5, 0.1], [0.2, 0.0, 0.0]])
-    cams[0, 2] = torch.tensor([[0.1, 0.7, 0.25], [0.0, 0.0, 0.0]])
-    cams[0, 3] = 1.0                                            # high, but not tagged
-    labels = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3)
-    assert labels.tolist() == [[[1, 2, 0], [0, 0, 0]]]
-    same = cam_to_pseudo_labels(cams, torch.tensor([[False, True, True, False]]), threshold=0.3)
-    assert torch.equal(labels, same)
-    unsure = cam_to_pseudo_labels(cams, [[1, 2]], threshold=0.3, ignore_below=0.15)
-    assert unsure.tolist() == [[[1, 2, IGN], [IGN, 0, 0]]]
-    assert cam_to_pseudo_labels(cams, [[]], threshold=0.3).eq(0).all()
-    with pytest.raises(ValueError):
-        cam_to_pseudo_labels(cams, [[1]], threshold=0.3, ignore_below=0.5)
-
-
 def test_weak_label_dataset_yields_weak_masks(voc_root):
     from minseg.data import VOCSegmentationDataset, train_transforms
 
@@ -195,16 +147,17 @@ def test_tag_classifier_trains_and_gives_pseudo_labels(voc_root):
 
     base = VOCSegmentationDataset(voc_root, "train", limit=8, transforms=eval_transforms(None))
     loader = DataLoader(base, batch_size=4)
-    clf = TagClassifier(base.num_classes, width=4)
-    hist = fit_classifier(clf, loader, base.num_classes, max_steps=3, device="cpu")
+    clf = CAMClassifier(base.num_classes, width=4)
+    hist = fit_classifier(clf, loader, num_classes=base.num_classes, max_steps=3, background=0,
+                          schedule="constant", device="cpu")
     assert hist[-1]["step"] == 3 and all(h["loss"] > 0 for h in hist)
-    assert 0.0 <= tag_f1(clf, loader, base.num_classes) <= 1.0
+    assert 0.0 <= evaluate_classifier(clf, loader, base.num_classes)["f1"] <= 1.0
     labels = cam_pseudo_labels_for(base, clf, threshold=0.3)
     assert len(labels) == 8
     for i, lab in enumerate(labels):
         full = base.raw(i)[1]
         assert lab.shape == full.shape
-        tags = set(tags_from_mask(full, base.num_classes).nonzero().flatten().tolist())
+        tags = set(class_presence(full, base.num_classes, background=0).nonzero().flatten().tolist())
         assert set(torch.unique(lab).tolist()) <= tags | {0}   # only tagged classes
     ds = WeakLabelDataset(base, "pseudo", masks=labels)
     assert torch.equal(ds.weak_mask(3), labels[3])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from minseg.data.augment import BatchAugment
+from minseg.data.contents import class_presence, count_instances, image_class_presence
 from minseg.data.loader import TensorLoader
 from minseg.data.synthetic import SceneOptions, make_synthetic_voc
 from minseg.data.tensors import TensorSegmentationData, decoded_split
@@ -92,7 +93,8 @@ def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
 __all__ = [
     "BatchAugment", "IGNORE_INDEX", "SceneOptions", "IMAGENET_MEAN", "IMAGENET_STD", "NUM_VOC_CLASSES",
     "TensorLoader", "TensorSegmentationData", "VOC_CLASSES", "VOC_PALETTE",
-    "VOCSegmentationDataset", "build_datasets", "build_loaders", "decoded_split",
+    "VOCSegmentationDataset", "build_datasets", "build_loaders", "class_presence",
+    "count_instances", "decoded_split", "image_class_presence",
     "check_voc_tree", "class_lut", "data_root", "denormalize", "download_voc",
     "eval_transforms", "find_voc", "make_synthetic_voc", "read_annotation", "read_mask",
     "train_transforms", "voc_colormap",

@@ -35,16 +35,17 @@ Import it from this module: ``from minseg.data.sampling import class_balanced_sa
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch.utils.data import (DataLoader, Dataset, DistributedSampler, IterableDataset,
                               RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler)
 
-from minseg.validate import IGNORE_INDEX, check_mask, check_num_classes
+from minseg.data.contents import image_class_presence
+from minseg.validate import IGNORE_INDEX
 
 __all__ = ["EpochSampler", "ShardSampler", "seeded_loader", "eval_shard",
-           "image_class_presence", "balanced_image_weights", "class_balanced_sampler"]
+           "balanced_image_weights", "class_balanced_sampler"]
 
 
 # --------------------------------------------------------------------------- data order
@@ -198,47 +199,6 @@ def eval_shard(data, rank: int = 0, world: int = 1, batch_size: int | None = Non
 # --------------------------------------------------------------------------- class balance
 
 
-def _masks(dataset) -> Iterable[torch.Tensor]:
-    """The masks of a dataset, read cheaply when possible.
-
-    A :class:`minseg.data.TensorSegmentationData` gives its stored (un-augmented) masks; a
-    :class:`minseg.data.VOCSegmentationDataset` is read from its PNGs with its class remapping
-    and *without* its transforms (a random crop could drop a class); any other dataset is
-    indexed and the last element of each item is taken as the mask.
-    """
-    masks = getattr(dataset, "masks", None)
-    if isinstance(masks, torch.Tensor) and masks.ndim == 3:  # decoded tensors, un-augmented
-        yield from masks.long()
-        return
-    if hasattr(dataset, "mask_path") and hasattr(dataset, "lut"):
-        from minseg.data.voc import read_mask
-
-        for i in range(len(dataset)):
-            yield dataset.lut[read_mask(dataset.mask_path(i))]
-        return
-    for i in range(len(dataset)):
-        item = dataset[i]
-        yield torch.as_tensor(item[-1] if isinstance(item, (tuple, list)) else item)
-
-
-def image_class_presence(dataset, num_classes: int,
-                         ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
-    """Boolean ``N x C`` tensor: ``[i, c]`` is True when image ``i`` has a pixel of class ``c``
-    (pixels equal to ``ignore_index`` do not count). ``dataset`` is indexable and sized; see
-    :func:`_masks` for how its masks are read. Ids outside ``0..C-1`` raise ``ValueError``."""
-    check_num_classes(num_classes)
-    rows = []
-    for mask in _masks(dataset):
-        check_mask(mask, num_classes, "mask", ignore_index=ignore_index)
-        ids = mask.reshape(-1).long()
-        if ignore_index is not None:
-            ids = ids[ids != ignore_index]
-        rows.append(torch.bincount(ids, minlength=num_classes) > 0)
-    if not rows:
-        raise ValueError("the dataset is empty")
-    return torch.stack(rows)
-
-
 def balanced_image_weights(presence: torch.Tensor, power: float = 0.5,
                            threshold: float | None = None,
                            ignore_classes: Sequence[int] = (0,)) -> torch.Tensor:
@@ -279,7 +239,7 @@ def class_balanced_sampler(dataset, num_classes: int, *, power: float = 0.5,
                            generator: torch.Generator | None = None) -> WeightedRandomSampler:
     """A ``WeightedRandomSampler`` that draws images containing rare classes more often.
 
-    Weights come from :func:`balanced_image_weights` of :func:`image_class_presence`
+    Weights come from :func:`balanced_image_weights` of :func:`minseg.data.contents.image_class_presence`
     (``power=0.5``: the square-root rule of repeat factor sampling, LVIS,
     https://arxiv.org/abs/1908.03195; ``power=1``: full inverse image frequency). Draws
     ``num_samples`` indices per epoch (default ``len(dataset)``) with replacement; pass a seeded

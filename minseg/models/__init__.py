@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from minseg.models.backbones import (BACKBONES, FeatureEncoder, make_encoder, small_resnet,
                                      torchvision_backbone)
+from minseg.models.classifier import CAMClassifier, GAPClassifier, cam_classifier
 from minseg.models.deeplab import ASPP, DeepLabV3, ImagePooling, deeplabv3
 from minseg.models.fcn import (FCN, DenseClassifier, VGGClassifier, fcn8s, fcn16s, fcn32s,
                                fully_convolutional, linear_to_conv1x1, vgg_encoder)
@@ -65,5 +66,6 @@ __all__ = [
     "small_resnet", "torchvision_backbone", "ASPP", "ImagePooling", "DeepLabV3", "deeplabv3",
     "FCN", "VGGClassifier", "DenseClassifier", "fcn32s", "fcn16s", "fcn8s", "fully_convolutional",
     "linear_to_conv1x1", "vgg_encoder", "PSPNet", "PyramidPooling", "pspnet", "FastSCNN",
-    "fastscnn", "SegFormer", "segformer", "UNet", "unet",
+    "fastscnn", "SegFormer", "segformer", "UNet", "unet", "GAPClassifier", "CAMClassifier",
+    "cam_classifier",
 ]

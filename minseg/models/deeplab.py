@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 from minseg.blocks import conv_bn_relu, resize
-from minseg.models.backbones import make_encoder, small_resnet
-from minseg.validate import check_images, check_num_classes
+from minseg.models.base import ContextSegmenter, dilated_encoder, head_channels
+from minseg.validate import check_num_classes
 
 POOL_NORMS = ("none", "group", "batch")
 
@@ -94,21 +94,18 @@ class PlainContext(nn.Sequential):
                          nn.Dropout(dropout))
 
 
-class DeepLabV3(nn.Module):
+class DeepLabV3(ContextSegmenter):
     """DeepLabv3 (arXiv:1706.05587): a dilated encoder (output stride 8 or 16), ASPP, a 3x3
-    conv and a 1x1 classifier, then bilinear upsampling to the input size.
+    conv and a 1x1 classifier, then bilinear upsampling to the input size
+    (:class:`~minseg.models.base.ContextSegmenter`; this class builds only the context module
+    and the head).
 
     ``use_aspp=False`` swaps ASPP for a :class:`PlainContext` of similar size (lesson 11).
     ``context_channels`` (ASPP's ``out_ch``) defaults to ``4 * width`` from scratch and 256 on
     a torchvision backbone, as in the paper. ``encoder_blocks`` shapes the from-scratch encoder
     (:func:`~minseg.models.backbones.small_resnet`); ``(1, 1)`` gives a shallow one whose
-    receptive field is smaller than a 96-pixel image.
-
-    ``aux_head=True`` adds deep supervision as in torchvision's ``aux_loss`` and PSPNet
-    (arXiv:1612.01105, Sec. 3.4): a small classifier on the second-to-last encoder stage whose
-    logits, in training mode only, come back as ``{"out": logits, "aux": [aux_logits]}`` for
-    :func:`minseg.train.batch_loss` to add with its own weight. In eval mode the model returns
-    the logits alone, and the auxiliary head costs nothing at inference.
+    receptive field is smaller than a 96-pixel image. ``aux_head=True``: deep supervision on
+    the second-to-last stage (see :class:`~minseg.models.base.ContextSegmenter`).
     """
 
     def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3,
@@ -117,46 +114,25 @@ class DeepLabV3(nn.Module):
                  dropout: float = 0.1, backbone: str | None = None, pretrained: bool = False,
                  output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1),
                  aux_head: bool = False):
-        super().__init__()
         check_num_classes(num_classes)
-        self.in_channels = in_channels
-        self.encoder = make_encoder(
-            backbone, in_channels, width, pretrained, output_stride,
-            scratch=lambda: small_resnet(in_channels, width, output_stride, encoder_blocks))
-        c = self.encoder.channels[-1]
-        a = context_channels or (4 * width if backbone is None else 256)
+        encoder = dilated_encoder(backbone, in_channels, width, pretrained, output_stride,
+                                  encoder_blocks)
+        c = encoder.channels[-1]
+        a = head_channels(width, backbone, context_channels)
         aspp = ASPP(c, a, rates, pool_norm, dropout)
         if use_aspp:
-            self.context: nn.Module = aspp
+            context: nn.Module = aspp
         else:
+            # As many weights as the ASPP it replaces: 9*c*mid + mid*a ~ n.
             n = sum(p.numel() for p in aspp.parameters())
-            self.context = PlainContext(c, a, max(1, round(n / (9 * c + a))), dropout)
-        self.classifier = nn.Sequential(conv_bn_relu(a, a, 3), nn.Conv2d(a, num_classes, 1))
-        self.aux = None
-        if aux_head:
-            if len(self.encoder.channels) < 3:
-                raise ValueError("aux_head needs an encoder with at least two stages after the stem")
-            ca = self.encoder.channels[-2]
-            self.aux = nn.Sequential(conv_bn_relu(ca, max(1, ca // 4), 3), nn.Dropout(dropout),
-                                     nn.Conv2d(max(1, ca // 4), num_classes, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor | list[torch.Tensor]]:
-        check_images(x, channels=self.in_channels)
-        feats = self.encoder(x)
-        y = resize(self.classifier(self.context(feats[-1])), x.shape[-2:])
-        if self.aux is not None and self.training:
-            return {"out": y, "aux": [resize(self.aux(feats[-2]), x.shape[-2:])]}
-        return y
+            context = PlainContext(c, a, max(1, round(n / (9 * c + a))), dropout)
+        classifier = nn.Sequential(conv_bn_relu(a, a, 3), nn.Conv2d(a, num_classes, 1))
+        super().__init__(encoder, context, classifier, num_classes=num_classes,
+                         in_channels=in_channels, aux_head=aux_head, dropout=dropout)
 
 
-def deeplabv3(num_classes: int, width: int = 16, in_channels: int = 3,
-              rates: Sequence[int] = (2, 4, 6), use_aspp: bool = True,
-              context_channels: int | None = None, pool_norm: str = "none", dropout: float = 0.1,
-              backbone: str | None = None, pretrained: bool = False,
-              output_stride: int = 8, encoder_blocks: Sequence[int] = (1, 1, 1, 1),
-              aux_head: bool = False) -> DeepLabV3:
-    """DeepLabv3 (arXiv:1706.05587); see :class:`DeepLabV3`. Default ``rates=(2, 4, 6)`` suit
-    ~96-pixel inputs at output stride 8; use ``(6, 12, 18)`` for 513 crops at stride 16."""
-    return DeepLabV3(num_classes, width, in_channels, rates, use_aspp, context_channels,
-                     pool_norm, dropout, backbone, pretrained, output_stride, encoder_blocks,
-                     aux_head)
+def deeplabv3(num_classes: int, **kwargs) -> DeepLabV3:
+    """DeepLabv3 (arXiv:1706.05587); keyword arguments as :class:`DeepLabV3`. Default
+    ``rates=(2, 4, 6)`` suit ~96-pixel inputs at output stride 8; use ``(6, 12, 18)`` for 513
+    crops at stride 16."""
+    return DeepLabV3(num_classes, **kwargs)

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from minseg.blocks import conv_bn_relu, fit_to, resize
 from minseg.models.backbones import FeatureEncoder, make_encoder
+from minseg.models.classifier import GAPClassifier
 from minseg.upsample import UPSAMPLERS, make_upsampler
 from minseg.validate import check_images, check_num_classes
 
@@ -104,25 +105,17 @@ def fcn8s(num_classes: int, width: int = 16, in_channels: int = 3, up: str = "tr
     return FCN(num_classes, 8, width, in_channels, up, backbone, pretrained)
 
 
-class VGGClassifier(nn.Module):
+class VGGClassifier(GAPClassifier):
     """The same VGG-style encoder as :class:`FCN`, as an image classifier: global average
-    pool + Linear (the ResNet-style head, arXiv:1512.03385; VGG itself is arXiv:1409.1556).
+    pool + Linear (:class:`~minseg.models.classifier.GAPClassifier`; VGG itself is
+    arXiv:1409.1556).
 
     Returns ``N, num_classes`` logits: one answer per image. Pooling throws away *where*
     things are, which is what segmentation needs; :func:`fully_convolutional` puts it back.
     """
 
     def __init__(self, num_classes: int, width: int = 16, in_channels: int = 3):
-        super().__init__()
-        check_num_classes(num_classes)
-        self.in_channels = in_channels
-        self.encoder = vgg_encoder(in_channels, width)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.encoder.channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, channels=self.in_channels)
-        return self.fc(self.pool(self.encoder(x)[-1]).flatten(1))
+        super().__init__(vgg_encoder(in_channels, width), num_classes, in_channels)
 
 
 def linear_to_conv1x1(linear: nn.Linear, in_ch: int, h: int = 1, w: int = 1) -> nn.Conv2d:
@@ -157,7 +150,7 @@ class DenseClassifier(nn.Module):
     as a classifier. The encoder is shared with the classifier, not copied.
     """
 
-    def __init__(self, classifier: VGGClassifier):
+    def __init__(self, classifier: GAPClassifier):
         super().__init__()
         self.in_channels = classifier.in_channels
         self.encoder = classifier.encoder
@@ -172,7 +165,8 @@ class DenseClassifier(nn.Module):
         return resize(self.score_map(x), x.shape[-2:])
 
 
-def fully_convolutional(classifier: VGGClassifier) -> DenseClassifier:
-    """Turn a trained :class:`VGGClassifier` into a :class:`DenseClassifier` (FCN's
+def fully_convolutional(classifier: GAPClassifier) -> DenseClassifier:
+    """Turn a trained :class:`VGGClassifier` (or any
+    :class:`~minseg.models.classifier.GAPClassifier`) into a :class:`DenseClassifier` (FCN's
     "convolutionalisation", arXiv:1411.4038)."""
     return DenseClassifier(classifier)

@@ -7,8 +7,9 @@ import torch
 import torch.nn as nn
 
 from minseg.blocks import conv_bn_relu, resize
-from minseg.models.backbones import make_encoder, small_resnet
-from minseg.validate import check_images, check_num_classes
+from minseg.models import base
+from minseg.models.base import ContextSegmenter, dilated_encoder
+from minseg.validate import check_num_classes
 
 
 class PyramidPooling(nn.Module):
@@ -57,13 +58,16 @@ class LocalContext(nn.Module):
         return torch.cat([x, self.conv(x)], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(ContextSegmenter):
     """PSPNet (arXiv:1612.01105): a dilated encoder (output stride 8), :class:`PyramidPooling`,
-    a 3x3 conv, dropout and a 1x1 classifier, upsampled bilinearly to the input size.
+    a 3x3 conv, dropout and a 1x1 classifier, upsampled bilinearly to the input size
+    (:class:`~minseg.models.base.ContextSegmenter`; this class builds only the context module
+    and the head).
 
     ``use_ppm=False`` replaces the pyramid by :class:`LocalContext` of the same size (lesson
     12). ``head_channels`` defaults to ``4 * width`` from scratch and 256 on a torchvision
-    backbone (the paper uses 512 on ResNet-101). The paper's auxiliary loss is left out.
+    backbone (the paper uses 512 on ResNet-101). ``aux_head=True`` adds the paper's auxiliary
+    loss on the second-to-last stage (Sec. 3.4; weight 0.4 in :func:`minseg.train.fit`).
     ``encoder_blocks`` shapes the from-scratch encoder (see :class:`~minseg.models.DeepLabV3`).
     """
 
@@ -71,32 +75,20 @@ class PSPNet(nn.Module):
                  bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
                  head_channels: int | None = None, dropout: float = 0.1,
                  backbone: str | None = None, pretrained: bool = False, output_stride: int = 8,
-                 encoder_blocks: Sequence[int] = (1, 1, 1, 1)):
-        super().__init__()
+                 encoder_blocks: Sequence[int] = (1, 1, 1, 1), aux_head: bool = False):
         check_num_classes(num_classes)
-        self.in_channels = in_channels
-        self.encoder = make_encoder(
-            backbone, in_channels, width, pretrained, output_stride,
-            scratch=lambda: small_resnet(in_channels, width, output_stride, encoder_blocks))
-        c = self.encoder.channels[-1]
+        encoder = dilated_encoder(backbone, in_channels, width, pretrained, output_stride,
+                                  encoder_blocks)
+        c = encoder.channels[-1]
         branch_ch = max(1, c // len(bins))
         ctx = PyramidPooling(c, bins, branch_ch) if use_ppm else LocalContext(c, len(bins) * branch_ch)
-        self.context = ctx
-        h = head_channels or (4 * width if backbone is None else 256)
-        self.classifier = nn.Sequential(conv_bn_relu(ctx.out_channels, h, 3), nn.Dropout(dropout),
-                                        nn.Conv2d(h, num_classes, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, channels=self.in_channels)
-        y = self.classifier(self.context(self.encoder(x)[-1]))
-        return resize(y, x.shape[-2:])
+        h = base.head_channels(width, backbone, head_channels)
+        classifier = nn.Sequential(conv_bn_relu(ctx.out_channels, h, 3), nn.Dropout(dropout),
+                                   nn.Conv2d(h, num_classes, 1))
+        super().__init__(encoder, ctx, classifier, num_classes=num_classes,
+                         in_channels=in_channels, aux_head=aux_head, dropout=dropout)
 
 
-def pspnet(num_classes: int, width: int = 16, in_channels: int = 3,
-           bins: Sequence[int] = (1, 2, 3, 6), use_ppm: bool = True,
-           head_channels: int | None = None, dropout: float = 0.1, backbone: str | None = None,
-           pretrained: bool = False, output_stride: int = 8,
-           encoder_blocks: Sequence[int] = (1, 1, 1, 1)) -> PSPNet:
-    """PSPNet (arXiv:1612.01105); see :class:`PSPNet`."""
-    return PSPNet(num_classes, width, in_channels, bins, use_ppm, head_channels, dropout,
-                  backbone, pretrained, output_stride, encoder_blocks)
+def pspnet(num_classes: int, **kwargs) -> PSPNet:
+    """PSPNet (arXiv:1612.01105); keyword arguments as :class:`PSPNet`."""
+    return PSPNet(num_classes, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minseg.classification import presence_targets as ref_presence
+from minseg.data.contents import class_presence
 from minseg.grading.checks._common import blobs, rng
 from minseg.grading.tasks import Case, Task
 
@@ -38,7 +38,8 @@ def _feature_cases(seed: int, bias: bool) -> list[Case]:
 TASKS = [
     Task("ex02.presence_targets", "presence_targets", 2,
          "multi-hot image labels N x C (float 0/1): 1 when the image has a pixel of that class "
-         "(255 counts for none)", _mask_cases, ref_presence),
+         "(255 counts for none)", _mask_cases,
+         lambda masks, num_classes: class_presence(masks, num_classes).float()),
     Task("ex02.pooled_logits", "pooled_logits", 1,
          "a classifier head: global average pool N,K,h,w to N,K, then fc_weight (C x K) and fc_bias",
          lambda seed: _feature_cases(seed, True),

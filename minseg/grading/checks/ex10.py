@@ -65,7 +65,8 @@ examples."""
 
 
 def _challenge_reference(num_classes: int, data) -> dict:
-    from minseg.data.sampling import balanced_image_weights, image_class_presence
+    from minseg.data.contents import image_class_presence
+    from minseg.data.sampling import balanced_image_weights
     from minseg.models import build_model
 
     presence = image_class_presence(data, num_classes)

@@ -8,7 +8,8 @@ from minseg.grading.checks._common import IGNORE, blobs, call_loss_and_grad, lab
 from minseg.grading.tasks import Case, Task, exact
 from minseg.losses import partial_cross_entropy as ref_partial_ce
 from minseg.grading.tasks import close
-from minseg.weak import boxes_to_masks, mil_pool, tags_from_mask
+from minseg.data.contents import class_presence
+from minseg.weak import boxes_to_masks, mil_pool
 
 SLUG = "14_weak_supervision"
 TITLE = "Weak supervision"
@@ -76,7 +77,8 @@ TASKS = [
          hint="draw boxes from the largest area to the smallest (stable for ties)"),
     Task("ex14.tags_from_mask", "tags_from_mask", 1,
          "image-level tags: a bool vector [C], True for every foreground class (not 0, not 255) "
-         "in the mask", _tag_cases, lambda mask, num_classes: tags_from_mask(mask, num_classes),
+         "in the mask", _tag_cases,
+         lambda mask, num_classes: class_presence(mask, num_classes, background=0),
          compare=exact()),
     Task("ex14.lse_pool", "lse_pool", 2,
          "log-sum-exp pooling of multiple-instance learning: for each image and class, (1/r) log("
