@@ -64,6 +64,14 @@ def _valid_and_safe(target: torch.Tensor, ignore_index: int | None):
     return valid, target.masked_fill(~valid, 0)
 
 
+def _prepare(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None, weight):
+    """What every pixel loss starts with: check the inputs, then the class weights (``None`` or
+    a checked vector), the counted pixels and a gather-safe copy of ``target``."""
+    _check_inputs(logits, target, ignore_index)
+    w = _class_vector(weight, logits.shape[1], logits, "weight")
+    return (w, *_valid_and_safe(target, ignore_index))
+
+
 def _nonzero(denom: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, denom, torch.ones_like(denom))
 
@@ -94,12 +102,10 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight=None,
     Equals ``F.cross_entropy(logits, target, weight, ignore_index=..., label_smoothing=...)``,
     except that an all-ignored batch gives 0 instead of NaN.
     """
-    _check_inputs(logits, target, ignore_index)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    w, valid, safe = _prepare(logits, target, ignore_index, weight)
     C = logits.shape[1]
-    w = _class_vector(weight, C, logits, "weight")
-    valid, safe = _valid_and_safe(target, ignore_index)
     logp, nll = _pixel_nll(logits, safe)
     w_pix = valid.to(logits.dtype) if w is None else w[safe] * valid
     total = (w_pix * nll).sum()
@@ -123,12 +129,10 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
     (with the same ``weight``). Unlike smp (a sum of one-vs-rest sigmoid terms) or kornia
     (which also divides by C), this is the softmax form.
     """
-    _check_inputs(logits, target, ignore_index)
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
+    w, valid, safe = _prepare(logits, target, ignore_index, weight)
     C = logits.shape[1]
-    w = _class_vector(weight, C, logits, "weight")
-    valid, safe = _valid_and_safe(target, ignore_index)
     logp, nll = _pixel_nll(logits, safe)
     loss = nll
     if gamma > 0:
@@ -219,12 +223,10 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | No
       probabilities sum to one).
     * A batch without valid pixels gives 0 with zero gradients.
     """
-    _check_inputs(logits, target, ignore_index)
     if smooth < 0:
         raise ValueError(f"smooth must be >= 0, got {smooth}")
+    w, valid, safe = _prepare(logits, target, ignore_index, weight)
     C = logits.shape[1]
-    w = _class_vector(weight, C, logits, "weight")
-    valid, safe = _valid_and_safe(target, ignore_index)
     v = valid.unsqueeze(1).to(logits.dtype)
     prob = F.softmax(logits, dim=1) * v
     onehot = F.one_hot(safe, C).permute(0, 3, 1, 2).to(logits.dtype) * v
@@ -289,10 +291,7 @@ def boundary_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     weighted mean like :func:`cross_entropy` (so ``amplitude=0`` gives plain CE). Pixels near
     boundaries, where segmentation errors concentrate, weigh up to ``1 + amplitude`` times more.
     """
-    _check_inputs(logits, target, ignore_index)
-    C = logits.shape[1]
-    w = _class_vector(weight, C, logits, "weight")
-    valid, safe = _valid_and_safe(target, ignore_index)
+    w, valid, safe = _prepare(logits, target, ignore_index, weight)
     _, nll = _pixel_nll(logits, safe)
     w_pix = boundary_weights(target, sigma, amplitude, ignore_index).to(logits.dtype)
     if w is not None:

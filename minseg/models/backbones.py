@@ -163,6 +163,14 @@ def torchvision_backbone(name: str, pretrained: bool = False, in_channels: int =
     return FeatureEncoder(stages, chans, strides)
 
 
+def check_own_encoder(model: str, backbone: str | None, pretrained: bool) -> None:
+    """A model that builds its own encoder (Fast-SCNN, SegFormer) takes ``backbone`` and
+    ``pretrained`` only so that every builder accepts the same keywords; anything else is an
+    error, never a silently ignored request."""
+    if backbone is not None or pretrained:
+        raise ValueError(f"{model} has its own encoder; backbone must be None and pretrained False")
+
+
 def make_encoder(backbone: str | None, in_channels: int = 3, width: int = 16,
                  pretrained: bool = False, output_stride: int | None = 8,
                  scratch: Callable[[], FeatureEncoder] | None = None) -> FeatureEncoder:

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 
 from minseg.blocks import DepthwiseSeparableConv, InvertedResidual, conv_bn_relu, resize
+from minseg.models.backbones import check_own_encoder
 from minseg.models.pspnet import PyramidPooling
 from minseg.validate import check_images, check_num_classes
 
@@ -74,9 +75,7 @@ class FastSCNN(nn.Module):
                  dropout: float = 0.1, backbone: str | None = None, pretrained: bool = False):
         super().__init__()
         check_num_classes(num_classes)
-        if backbone is not None or pretrained:
-            raise ValueError("fastscnn has its own encoder; backbone must be None and "
-                             "pretrained False")
+        check_own_encoder("fastscnn", backbone, pretrained)
         self.in_channels = in_channels
         w = width
         self.downsample = LearningToDownsample(in_channels, w)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minseg.blocks import conv_bn_relu, resize
+from minseg.models.backbones import check_own_encoder
 from minseg.validate import check_images, check_num_classes
 
 
@@ -139,9 +140,7 @@ class SegFormer(nn.Module):
                  pretrained: bool = False):
         super().__init__()
         check_num_classes(num_classes)
-        if backbone is not None or pretrained:
-            raise ValueError("segformer has its own encoder; backbone must be None and "
-                             "pretrained False")
+        check_own_encoder("segformer", backbone, pretrained)
         self.in_channels = in_channels
         dims = [width * m for m in (1, 2, 5, 8)]
         heads, srs = (1, 2, 5, 8), (8, 4, 2, 1)
