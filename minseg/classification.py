@@ -29,7 +29,7 @@ from minseg.data.contents import class_presence
 from minseg.schedule import SCHEDULES, lr_factor
 from minseg.validate import IGNORE_INDEX, check_images, check_num_classes
 
-__all__ = ["average_precision", "fit_classifier", "evaluate_classifier",
+__all__ = ["average_precision", "fit_classifier", "evaluate_classifier", "cam_from_features",
            "class_activation_maps", "cam_to_pseudo_labels", "cam_masks", "CAM_NORMALIZATIONS"]
 
 CAM_NORMALIZATIONS = ("max", "minmax", "none")
@@ -161,6 +161,16 @@ def evaluate_classifier(model: nn.Module, loader: Iterable, num_classes: int, *,
             "scores": s, "labels": y}
 
 
+def cam_from_features(features: torch.Tensor, fc_weight: torch.Tensor) -> torch.Tensor:
+    """The class activation map formula: ``CAM[n, c] = sum_k fc_weight[c, k] features[n, k]``,
+    ``N, K, h, w`` features and a ``C x K`` Linear weight -> ``N, C, h, w`` (no bias, no
+    normalisation; :func:`class_activation_maps` adds those)."""
+    if features.ndim != 4 or fc_weight.ndim != 2 or fc_weight.shape[1] != features.shape[1]:
+        raise ValueError(f"need N,K,h,w features and a C x K weight; got {tuple(features.shape)} "
+                         f"and {tuple(fc_weight.shape)}")
+    return torch.einsum("ck,nkhw->nchw", fc_weight.to(features.dtype), features)
+
+
 @torch.no_grad()
 def class_activation_maps(classifier: nn.Module, images: torch.Tensor, *, upsample: bool = True,
                           normalize: bool | str = "max") -> torch.Tensor:
@@ -197,7 +207,7 @@ def class_activation_maps(classifier: nn.Module, images: torch.Tensor, *, upsamp
         feats = classifier.features(images)
     finally:
         classifier.train(was)
-    cams = torch.einsum("ck,nkhw->nchw", fc.weight.to(feats.dtype), feats)
+    cams = cam_from_features(feats, fc.weight)
     if mode == "max":
         cams = cams.relu()
         cams = cams / cams.amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)

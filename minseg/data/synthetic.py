@@ -27,6 +27,9 @@ strong image edges.
 
 Everything is deterministic for a given ``seed`` and options (one NumPy generator per image),
 and the tree is cached: calling again with the same parameters returns at once.
+
+Size: one job (write a synthetic VOC tree) in about 700 lines, most of them the twenty small
+drawing functions, one per VOC class, that give each class its shape and context.
 """
 from __future__ import annotations
 

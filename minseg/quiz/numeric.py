@@ -8,6 +8,8 @@ drawn inputs so that a test can recompute the answer independently.
 >>> item = generate("iou", seed=3)
 >>> print(item.question)          # two small masks drawn as text
 >>> item.check("0.4")             # True if within the tolerance
+
+Size: one job (computed quiz items) in about 500 lines, one short generator per topic.
 """
 from __future__ import annotations
 

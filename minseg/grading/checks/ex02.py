@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from minseg.classification import cam_from_features
 from minseg.data.contents import class_presence
 from minseg.grading.checks._common import blobs, rng
 from minseg.grading.tasks import Case, Task
@@ -47,5 +48,5 @@ TASKS = [
     Task("ex02.class_activation_map", "class_activation_map", 2,
          "the class score at every position before pooling: CAM[n, c] = sum_k w[c, k] f[n, k], "
          "shape N,C,h,w", lambda seed: _feature_cases(seed, False),
-         lambda features, fc_weight: torch.einsum("ck,nkhw->nchw", fc_weight, features)),
+         lambda features, fc_weight: cam_from_features(features, fc_weight)),
 ]
