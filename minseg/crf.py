@@ -85,6 +85,7 @@ def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if isinstance(x, np.ndarray):
+        # ascontiguousarray: from_numpy rejects negative strides (a flipped view)
         return torch.from_numpy(np.ascontiguousarray(x))
     raise ValueError(f"{name} must be a numpy array or a torch.Tensor, got {type(x).__name__}")
 
@@ -113,10 +114,12 @@ def _check_inputs(image: Any, probs: Any) -> tuple[torch.Tensor, torch.Tensor]:
                          f"{p.shape[1]}x{p.shape[2]}; they must match (probs has shape C,H,W)")
     # One sum and one min cover everything (NaN/inf poison both); details only on failure.
     lowest = float(p.amin())
+    # summed in >= float32: a float16 sum of C values can be off by more than SUM_ATOL
     err = float((p.sum(0, dtype=torch.float64 if p.dtype == torch.float64 else torch.float32) - 1)
                 .abs().amax())
     if not (math.isfinite(lowest) and math.isfinite(err)):
         raise ValueError(f"probs contain {int((~torch.isfinite(p)).sum())} NaN/inf values")
+    # tiny negatives from rounding are tolerated, as is a sum off by <= SUM_ATOL
     if lowest < -SUM_ATOL:
         raise ValueError(f"probs must be >= 0; the smallest value is {lowest:.4g} "
                          f"(pass softmax(logits, 0), not logits)")
@@ -145,6 +148,7 @@ def _features(img: torch.Tensor, sxy: float, srgb: float | None, dtype: torch.dt
     H, W = img.shape[:2]
     ys, xs = torch.meshgrid(torch.arange(H, device=device, dtype=dtype),
                             torch.arange(W, device=device, dtype=dtype), indexing="ij")
+    # reshape(-1) is row-major: the same pixel order as probs.reshape(C, -1) in the callers
     cols = [xs.reshape(-1) / sxy, ys.reshape(-1) / sxy]
     if srgb is not None:
         rgb = img.to(device=device, dtype=dtype).reshape(-1, 3) / srgb
@@ -157,6 +161,7 @@ def unary_from_probs(probs: torch.Tensor, clip: float = PROB_CLIP) -> torch.Tens
 
     Krähenbühl & Koltun 2011, https://arxiv.org/abs/1210.5644 (unaries from a classifier).
     """
+    # the floor keeps U finite where p = 0: at most -log(1e-5) ~ 11.5
     return -torch.log(probs.clamp(clip, 1.0))
 
 
@@ -178,9 +183,12 @@ def normalized_gaussian_kernel(features: torch.Tensor) -> torch.Tensor:
     https://arxiv.org/abs/1210.5644; the normalisations are from Krähenbühl & Koltun 2013,
     https://proceedings.mlr.press/v28/kraehenbuehl13.html).
     """
+    # the direct |f_i - f_j| form: the matmul shortcut |a|^2 + |b|^2 - 2 a.b cancels badly and
+    # can even give small negative squared distances
     sqdist = torch.cdist(features, features, compute_mode="donot_use_mm_for_euclid_dist") ** 2
     k = torch.exp(-0.5 * sqdist)
-    d = k.sum(1).rsqrt()
+    d = k.sum(1).rsqrt()  # D^-1/2; every row sum is >= 1 (k_ii = 1), so no division by 0
+    # D^-1/2 K D^-1/2 by broadcasting, no diagonal matrices
     return d[:, None] * k * d[None, :]
 
 
@@ -206,7 +214,9 @@ def dense_crf_exact(image: Any, probs: Any, *, gauss_sxy: float = 3.0, gauss_com
         raise ValueError(f"dense_crf_exact stores N x N kernels and is limited to {max_pixels} "
                          f"pixels; this image has {H}x{W} = {H * W}. Use dense_crf_fast (or "
                          f"dense_crf(method='auto')) for larger images")
+    # float64 throughout: this is the reference the float32 lattice version is tested against
     dev, f64 = p.device, torch.float64
+    # sum_m w_m kn_m as one N x N matrix, so each iteration is a single matmul
     pairwise = torch.zeros(H * W, H * W, dtype=f64, device=dev)
     if gauss_compat > 0:
         pairwise += gauss_compat * normalized_gaussian_kernel(_features(img, gauss_sxy, None, f64, dev))
@@ -214,9 +224,11 @@ def dense_crf_exact(image: Any, probs: Any, *, gauss_sxy: float = 3.0, gauss_com
         feats = _features(img, bilateral_sxy, bilateral_srgb, f64, dev)
         pairwise += bilateral_compat * normalized_gaussian_kernel(feats)
     unary = unary_from_probs(p.to(f64)).reshape(C, -1).T  # N, C
-    q = torch.softmax(-unary, 1)
+    q = torch.softmax(-unary, 1)  # Q_0 = softmax(-U) = the clipped probs, renormalised
     for _ in range(iterations):
+        # parallel update: every pixel reads the previous Q; Potts as a reward +w kn Q (module doc)
         q = torch.softmax(-unary + pairwise @ q, 1)
+    # N, C -> C, N -> C, H, W (pixels are in row-major order)
     return _restore(q.T.reshape(C, H, W), probs if isinstance(probs, np.ndarray) else p)
 
 
@@ -260,10 +272,13 @@ class PermutohedralLattice:
 
         # Elevate f onto the hyperplane sum(x) = 0 of R^(d+1) (Adams et al., section 3.1),
         # summing in the same order as the C++ code.
+        # (d+1) sqrt(2/3): splat + blur + slice then spread with variance 1 per dimension, as the
+        # kernel exp(-|f|^2 / 2) needs; 1 / sqrt((i+2)(i+1)) gives E's column i unit length
         scale = torch.tensor([math.sqrt(2.0 / 3.0) * (d + 1) / math.sqrt((i + 2) * (i + 1))
                               for i in range(d)]).tolist()  # rounded to float32
         elevated = torch.empty(d + 1, n, device=dev)
         partial = torch.zeros(n, device=dev)
+        # E's structure makes each coordinate a running sum: O(d) per pixel, not a (d+1) x d product
         for j in range(d, 0, -1):
             cf = ft[j - 1] * scale[j - 1]
             elevated[j] = partial - j * cf
@@ -276,13 +291,16 @@ class PermutohedralLattice:
         v = torch.round(elevated * (1.0 / (d + 1)))
         rem0 = v * (d + 1)
         diff = elevated - rem0
+        # rank[i] = how many remainders exceed diff[i] (0 = largest), by pairwise comparison
         rank = torch.zeros(d + 1, n, dtype=torch.long, device=dev)
         for i in range(d + 1):
             for j in range(i + 1, d + 1):
                 smaller = diff[i] < diff[j]
                 rank[i] += smaller
                 rank[j] += ~smaller
+        # sum(v) != 0 means the rounded point is off the plane; shifting the ranks moves it back
         rank += v.sum(0).long()
+        # ranks pushed outside 0..d wrap around, and rem0 moves by +/-(d+1) in that coordinate
         wrap = (d + 1) * ((rank < 0).long() - (rank > d).long())
         rank += wrap
         rem0 += wrap
@@ -290,8 +308,10 @@ class PermutohedralLattice:
         # Barycentric weights of the d+1 vertices (Adams et al., section 3.2).
         frac = (elevated - rem0) * (1.0 / (d + 1))
         bary = torch.zeros(d + 2, n, device=dev)
+        # coordinate i adds its offset to weight d - rank_i and takes it from d - rank_i + 1
         bary.scatter_add_(0, d - rank, frac)
         bary.scatter_add_(0, d - rank + 1, -frac)
+        # slot d+1 is a spill-over column: it wraps around to vertex 0, and the weights sum to 1
         bary[0] += 1 + bary[d + 1]
         bary = bary[: d + 1]
 
@@ -299,21 +319,24 @@ class PermutohedralLattice:
         # vertex is identified by its first d coordinates (they sum to 0), encoded as one
         # integer in mixed radix so that a neighbour's code is the code plus a constant.
         rem0 = rem0[:d].long()
+        # margins of 2(d+1): every vertex and its blur neighbours keep digits in 0..span-1
         lo = rem0.amin(1) - 2 * (d + 1)
         span = (rem0.amax(1) - lo + 2 * (d + 1) + 1).tolist()
+        # codes are < prod(span); staying below 2^62 leaves room for code +/- step in int64
         if sum(math.log2(s) for s in span) > 62:
             raise ValueError("the features span too wide a range for the lattice's 64-bit keys; "
                              "use larger sxy/srgb (coarser kernels) or a smaller image")
+        # row-major mixed radix: the last of the d coordinates has stride 1
         stride = [1] * d
         for k in range(d - 2, -1, -1):
             stride[k] = stride[k + 1] * span[k + 1]
-        total = sum(stride)
+        total = sum(stride)  # adding 1 to every coordinate adds sum(stride) to a code
         codes = torch.zeros(d + 1, n, dtype=torch.long, device=dev)
         for k in range(d):
             codes[0] += (rem0[k] - lo[k]) * stride[k]
         stride_at_rank = torch.zeros(d + 1, n, dtype=torch.long, device=dev)
         stride_at_rank.scatter_add_(0, rank[:d], torch.tensor(stride, device=dev)[:, None].expand(d, n))
-        # wrapped[r] = sum of the strides of the coordinates with rank >= d + 1 - r
+        # wrapped[r - 1] = sum of the strides of the coordinates with rank >= d + 1 - r
         wrapped = stride_at_rank.flip(0).cumsum(0)
         codes[1:] = codes[0] + torch.arange(1, d + 1, device=dev)[:, None] * total - (d + 1) * wrapped[:d]
 
@@ -322,16 +345,17 @@ class PermutohedralLattice:
         sorted_codes, order = torch.sort(codes.reshape(-1))
         is_new = torch.ones_like(sorted_codes, dtype=torch.bool)
         is_new[1:] = sorted_codes[1:] != sorted_codes[:-1]
-        vertex_sorted = is_new.cumsum(0) - 1
+        vertex_sorted = is_new.cumsum(0) - 1  # 0-based vertex id of every sorted code
         self.keys = sorted_codes[is_new]
         self.m = m = int(self.keys.numel())
         offset = torch.empty_like(vertex_sorted)
-        offset[order] = vertex_sorted
+        offset[order] = vertex_sorted  # back from sorted order to the (vertex r, pixel i) layout
         # offset[i, r]: the lattice row of vertex r of pixel i; bary[i, r] its weight.
         self.offset = offset.view(d + 1, n).T.contiguous()
         self.bary = bary.T.contiguous()
-        self._splat_cols = order % n
+        self._splat_cols = order % n  # flat index r * n + i -> pixel i
         self._splat_vals = bary.reshape(-1)[order]
+        # m + 1 rows; the last one (the zero 'missing neighbour') gets no entries
         self._splat_crow = torch.zeros(m + 2, dtype=torch.long, device=dev)
         self._splat_crow[1: m + 1] = torch.bincount(vertex_sorted, minlength=m).cumsum(0)
         self._splat_crow[m + 1] = self._splat_crow[m]
@@ -342,13 +366,16 @@ class PermutohedralLattice:
         self.blur_matrices: list[torch.Tensor] = []
         rows = torch.arange(m + 1, device=dev)
         for j in range(d + 1):
+            # coordinate d is implied (coordinates sum to 0): its -/+(d+1) leaves the code alone
             step = total - (d + 1) * stride[j] if j < d else total
             cols = [rows]
             for delta in (-step, step):
                 target = self.keys + delta
+                # find the neighbour among the sorted keys; a key that is absent -> the zero row m
                 pos = torch.searchsorted(self.keys, target).clamp_(max=m - 1)
                 pos = torch.where(self.keys[pos] == target, pos, torch.full_like(pos, m))
-                cols.append(torch.cat([pos, rows[m:]]))
+                cols.append(torch.cat([pos, rows[m:]]))  # row m's neighbours are row m itself
+            # exactly 3 entries per row (self, minus, plus), so the row pointers are 0, 3, 6, ...
             vals = torch.tensor([1.0, 0.5, 0.5], device=dev).repeat(m + 1)
             self.blur_matrices.append(_csr(torch.arange(0, 3 * (m + 1) + 1, 3, device=dev),
                                            torch.stack(cols, 1).reshape(-1), vals, (m + 1, m + 1)))
@@ -367,6 +394,7 @@ class PermutohedralLattice:
         w = self.bary.to(dtype) * self.alpha
         if scale is not None:
             w = w * scale.to(dtype)[:, None]
+        # every pixel row has exactly d+1 entries: the vertices of its simplex
         crow = torch.arange(0, self.n * (self.d + 1) + 1, self.d + 1, device=self.bary.device)
         return _csr(crow, self.offset.reshape(-1), w.reshape(-1), (self.n, self.m + 1))
 
@@ -383,16 +411,19 @@ class PermutohedralLattice:
 
     def symmetric_normalizer(self) -> torch.Tensor:
         """``1 / sqrt(filter(1))`` per pixel, pydensecrf's ``NORMALIZE_SYMMETRIC`` scale."""
+        # the splat of an all-ones image (splat_matrix() @ 1, without building the matrix)
         ones = torch.bincount(self.offset.reshape(-1), weights=self.bary.reshape(-1),
                               minlength=self.m + 1).float()[:, None]
         blurred = self.blur(ones)[:, 0]
+        # slice: sum_r bary[i, r] * lattice[vertex r of pixel i], times alpha
         total = (blurred[self.offset] * self.bary).sum(1) * self.alpha
-        return (total + 1e-20).rsqrt()
+        return (total + 1e-20).rsqrt()  # the epsilon guards rsqrt(0) = inf
 
     def normalized_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Entries of the splat and slice matrices with the symmetric normalisation folded in
         (computed once per lattice: a cached lattice reuses them)."""
         if not hasattr(self, "_normalized"):
+            # D^-1/2 K D^-1/2: scale the splat's columns (pixels j) and the slice's rows (pixels i)
             norm = self.symmetric_normalizer()
             self._normalized = (self._splat_vals * norm[self._splat_cols],
                                 self.bary * (self.alpha * norm)[:, None])
@@ -415,13 +446,16 @@ class _MeanField:
         crow, cols, vals, slice_cols, slice_vals, shift = [], [], [], [], [], 0
         for lat, weight in terms:
             splat_vals, slice_vals_unit = lat.normalized_weights()
+            # stacked CSR row pointers: later blocks drop their leading 0, shifted by the nnz so far
             crow.append(lat._splat_crow[(1 if crow else 0):] + (crow[-1][-1] if crow else 0))
             cols.append(lat._splat_cols)
             vals.append(splat_vals)
+            # this kernel's lattice rows start at `shift` in the stacked lattice values
             slice_cols.append(lat.offset + shift)
             slice_vals.append(slice_vals_unit * weight)
             shift += lat.m + 1
         self.splat = _csr(torch.cat(crow), torch.cat(cols), torch.cat(vals), (shift, n))
+        # each pixel row of the stacked slice holds d_m + 1 entries per kernel
         width = sum(lat.d + 1 for lat in self.lattices)
         self.slice = _csr(torch.arange(0, n * width + 1, width, device=dev),
                           torch.cat(slice_cols, 1).reshape(-1), torch.cat(slice_vals, 1).reshape(-1),
@@ -435,6 +469,7 @@ class _MeanField:
 
     def messages(self, q: torch.Tensor, add_to: torch.Tensor | None = None) -> torch.Tensor:
         """``add_to + sum_m w_m D_m^-1/2 K_m D_m^-1/2 q`` for ``q`` of shape N,C."""
+        # one splat for every kernel, then each kernel's lattice is blurred on its own
         parts = (self.splat @ q).split(self.rows)
         blurred = torch.cat([lat.blur(v) for lat, v in zip(self.lattices, parts)])
         if add_to is None:
@@ -445,13 +480,14 @@ class _MeanField:
         logits = self.messages(q, add_to=self.shifted_unary)
         if not self.plain_exp:
             return torch.softmax(logits, 1)
-        e = logits.exp_()
+        e = logits.exp_()  # in place: logits is a fresh tensor that nothing else holds
         return e.div_(e.sum(1, keepdim=True))
 
 
 @functools.lru_cache(maxsize=4)
 def _position_lattice(height: int, width: int, sxy: float, device: torch.device) -> PermutohedralLattice:
     """The Gaussian kernel's lattice depends only on the image size: build it once per size."""
+    # the Gaussian kernel ignores colour (srgb=None): a black image stands in
     img = torch.zeros(height, width, 3, dtype=torch.uint8)
     return PermutohedralLattice(_features(img, sxy, None, torch.float32, device))
 
@@ -495,6 +531,7 @@ def dense_crf_fast(image: Any, probs: Any, *, gauss_sxy: float = 3.0, gauss_comp
     clipped = p.to(f32).clamp(PROB_CLIP, 1.0).reshape(C, -1).T.contiguous()  # N, C
     unary = -torch.log(clipped)
     q = clipped / clipped.sum(1, keepdim=True)  # = softmax(-unary)
+    # no kernel or no iteration: Q stays softmax(-U), the clipped probs renormalised
     if terms and iterations > 0:
         mean_field = _MeanField(terms, unary)
         for _ in range(iterations):

@@ -40,12 +40,14 @@ def predictions(model: nn.Module, loader: Iterable, device: str | torch.device |
     xs, ys, ps = [], [], []
     seen = 0
     for x, y in loader:
+        # keep label maps, not N,C,H,W logits: a whole validation set fits in memory
         ps.append(_logits(model(x.to(device))).argmax(1).cpu())
         xs.append(x.cpu()), ys.append(y.cpu())
         seen += len(x)
         if limit is not None and seen >= limit:
             break
     model.train(was_training)
+    # the last batch may overshoot limit
     cat = lambda t: torch.cat(t)[:limit] if limit else torch.cat(t)  # noqa: E731
     return cat(xs), cat(ys), cat(ps)
 
@@ -61,16 +63,17 @@ def throughput(model: nn.Module, image_size: int | tuple[int, int] = 256, batch_
     model.eval()
     times = []
     for i in range(warmup + reps):
+        # CUDA runs asynchronously: synchronise so the timer brackets the whole forward pass
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         model(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
+        if i >= warmup:  # warm-up passes (allocation, cuDNN autotuning) are not timed
             times.append(time.perf_counter() - t0)
     model.train(was_training)
-    return batch_size / sorted(times)[len(times) // 2]
+    return batch_size / sorted(times)[len(times) // 2]  # median: robust to one slow outlier
 
 
 def measure(model: nn.Module, val_loader: Iterable, num_classes: int,
@@ -84,6 +87,7 @@ def measure(model: nn.Module, val_loader: Iterable, num_classes: int,
 def _scores(preds: torch.Tensor, targets: torch.Tensor, num_classes: int,
             tolerance_px: int) -> dict:
     cms = per_image_confusion(preds, targets, num_classes)
+    # dataset-level scores from the summed matrix, never a mean of per-image scores
     res = scores_from_confusion(cms.sum(0))
     return {"miou": res["miou"], "pixel_acc": res["pixel_acc"], "mdice": res["mdice"],
             "boundary_f1": boundary_f1(preds, targets, tolerance_px=tolerance_px,
@@ -243,6 +247,7 @@ def compare(variants: Mapping[str, Callable[[], nn.Module] | Variant], train_loa
     from minseg.train import fit
 
     cfg = cfg or profile()
+    # an explicit epoch count replaces the step budget
     steps = steps or (None if "epochs" in fit_kwargs else cfg.steps)
     budget = budget_s if budget_s is not None else cfg.time_budget_s
     seed_list = seeds_for(cfg, seeds)
@@ -252,16 +257,19 @@ def compare(variants: Mapping[str, Callable[[], nn.Module] | Variant], train_loa
     t_start = time.perf_counter()
     for s in seed_list:
         for name, arm in arms.items():
+            # reseed before every build: under one seed every variant starts from the same RNG state
             seed_everything(s)
             model = arm.build()
             kwargs = {**fit_kwargs, **arm.fit_kwargs}
             t0 = time.perf_counter()
+            # no validation inside fit: every run is measured below, the same way
             hist = fit(model, arm.train_loader or train_loader, None, num_classes=num_classes,
                        max_steps=steps, time_budget_s=budget, seed=s, device=cfg.device,
                        **kwargs)
             train_s = time.perf_counter() - t0
             _, tgt, preds = predictions(model, val_loader)
-            targets = tgt if targets is None else targets
+            targets = tgt if targets is None else targets  # the same for every run: keep the first
+            # preds kept as uint8 (class ids < 256): 8x less memory than int64
             row = {"name": name, "seed": s, "params": count_parameters(model),
                    "steps": hist.steps, "train_s": train_s, "cut_short": hist.cut_short,
                    **_scores(preds, tgt, num_classes, tolerance_px),
@@ -351,6 +359,7 @@ def evidence(lesson: str, claim: str, result: Difference | bool, *, expect: str 
     if out:
         path = Path(out) / f"{lesson}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        # append to the lesson's file: a notebook records several claims
         rows = json.loads(path.read_text()) if path.is_file() else []
         rows.append(row)
         path.write_text(json.dumps(rows, indent=1) + "\n")

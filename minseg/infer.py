@@ -49,18 +49,20 @@ def _probs_one_batch(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...
     H, W = x.shape[-2:]
     total, views = None, 0
     for s in scales:
-        size = (max(1, round(H * s)), max(1, round(W * s)))
+        size = (max(1, round(H * s)), max(1, round(W * s)))  # a tiny scale still gives >= 1 pixel
+        # scale 1 is not resampled, so scales=(1,) gives exactly softmax(model(x))
         xs = x if size == (H, W) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for mirrored in ((False, True) if flip else (False,)):
             logits = _logits(model(xs.flip(-1) if mirrored else xs))
             if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the model must return N,C,H,W logits; got shape "
                                  f"{tuple(logits.shape)} for input {tuple(xs.shape)}")
-            logits = logits.float()
+            logits = logits.float()  # average in float32 even for a half-precision model
             if mirrored:
-                logits = logits.flip(-1)
+                logits = logits.flip(-1)  # mirror back before it meets the other views
             if logits.shape[-2:] != (H, W):
                 logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            # average probabilities, not logits: every view gets an equal, bounded vote
             p = torch.softmax(logits, 1)
             total = p if total is None else total + p
             views += 1

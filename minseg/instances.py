@@ -70,28 +70,33 @@ def connected_components(mask: torch.Tensor, connectivity: int = 4,
     H, W = mask.shape
     values = mask.long()
     fg = values != background if background is not None else torch.ones_like(values, dtype=torch.bool)
-    index = torch.arange(H * W, device=mask.device).view(H, W)
+    index = torch.arange(H * W, device=mask.device).view(H, W)  # flat pixel id y * W + x
+    # each undirected edge once: right, down (and down-right, down-left for 8-connectivity)
     steps = [(0, 1), (1, 0)] + ([(1, 1), (1, -1)] if connectivity == 8 else [])
     sources, targets = [], []
     for dy, dx in steps:
         # pixel (y, x) and its neighbour (y + dy, x + dx), both inside the image
         ys, yt = slice(0, H - dy), slice(dy, H)
         xs, xt = (slice(0, W - dx), slice(dx, W)) if dx >= 0 else (slice(-dx, W), slice(0, W + dx))
+        # same value => both or neither are foreground, so testing one end is enough
         joined = (values[ys, xs] == values[yt, xt]) & fg[ys, xs]
         sources.append(index[ys, xs][joined])
         targets.append(index[yt, xt][joined])
     a, b = torch.cat(sources), torch.cat(targets)
 
-    parent = torch.arange(H * W, device=mask.device)
+    parent = torch.arange(H * W, device=mask.device)  # every pixel starts as its own root
     while True:
+        # the trees are flat after every round, so parent[] is already the root
         ra, rb = parent[a], parent[b]
         if bool((ra == rb).all()):
             break
         low = torch.minimum(ra, rb)
+        # hook: each root goes under the smallest root it shares an edge with; amin settles
+        # the races when one root gets several candidates
         parent.scatter_reduce_(0, ra, low, reduce="amin")
         parent.scatter_reduce_(0, rb, low, reduce="amin")
         while True:
-            jumped = parent[parent]
+            jumped = parent[parent]  # pointer jumping: each pass halves every path to the root
             if torch.equal(jumped, parent):
                 break
             parent = jumped
@@ -99,6 +104,7 @@ def connected_components(mask: torch.Tensor, connectivity: int = 4,
     labels = torch.zeros(H, W, dtype=torch.long, device=mask.device)
     if roots.numel() == 0:
         return labels, 0
+    # a root is its component's smallest flat index, i.e. its first pixel in raster order
     unique_roots, inverse = torch.unique(roots, return_inverse=True)  # sorted = raster order
     labels[fg] = inverse + 1
     return labels, int(unique_roots.numel())
@@ -120,8 +126,10 @@ def semantic_to_instances(semantic: torch.Tensor, thing_classes: Iterable[int], 
     things_t = torch.tensor(things, dtype=torch.long, device=semantic.device)
     out = []
     for sem in batch.long():
+        # +1 keeps a thing class 0 apart from the background value 0
         coded = torch.where(torch.isin(sem, things_t), sem + 1, 0)  # 0 = not a thing
         out.append(connected_components(coded, connectivity, background=0)[0])
+    # an empty batch (N = 0): torch.stack needs at least one tensor
     result = torch.stack(out) if out else torch.zeros_like(batch, dtype=torch.long)
     return result if semantic.ndim == 3 else result[0]
 
@@ -150,6 +158,7 @@ def to_panoptic(semantic: torch.Tensor, instance: torch.Tensor, thing_classes: I
         bad = torch.unique(inst[(inst < 0) | (inst >= label_divisor)])[:10].tolist()
         raise ValueError(f"instance ids {bad} are outside 0..{label_divisor - 1} (label_divisor)")
     is_thing = torch.isin(sem, torch.tensor(things, dtype=torch.long, device=sem.device))
+    # stuff pixels keep instance 0 whatever the instance map says
     panoptic = sem * label_divisor + torch.where(is_thing, inst, 0)
     return panoptic.masked_fill_(void | (is_thing & (inst == 0)), VOID)
 
@@ -208,6 +217,7 @@ def instances_per_class(semantic: torch.Tensor, instance: torch.Tensor, thing_cl
     counts = {}
     for c in things:
         sel = (semantic == c) & (instance > 0)
+        # distinct (image, instance id) columns of a 2 x P stack
         counts[c] = int(torch.unique(torch.stack([img[sel], instance[sel].long()]), dim=1).shape[1])
     return counts
 
@@ -268,17 +278,20 @@ def merged_and_split(pred: torch.Tensor, target: torch.Tensor, label_divisor: in
     targets = target.long() if target.ndim == 3 else target.long()[None]
     out = {"targets": 0, "merged": 0, "split": 0}
     for p, t in zip(preds, targets):
-        thing = (t != VOID) & (t % label_divisor > 0)
+        thing = (t != VOID) & (t % label_divisor > 0)  # stuff has instance id 0
         out["targets"] += int(torch.unique(t[thing]).numel())
+        # target thing pixels predicted as some segment of the same class
         same = thing & (p != VOID) & (torch.div(p, label_divisor, rounding_mode="floor")
                                        == torch.div(t, label_divisor, rounding_mode="floor"))
         if not bool(same.any()):
             continue
+        # every (target id, predicted id) pair with its overlap in pixels
         pairs, counts = torch.unique(torch.stack([t[same], p[same]]), dim=1, return_counts=True)
         area = {int(g): int(n) for g, n in zip(*torch.unique(t[thing], return_counts=True))}
         main: dict[int, tuple[int, int]] = {}
         big: dict[int, int] = {}
         for (g, q), n in zip(pairs.T.tolist(), counts.tolist()):
+            # main[g] = (predicted id, overlap) of the largest overlap seen so far
             if g not in main or n > main[g][1]:
                 main[g] = (q, n)
             if n >= min_fraction * area[g]:
@@ -286,6 +299,7 @@ def merged_and_split(pred: torch.Tensor, target: torch.Tensor, label_divisor: in
         owners: dict[int, int] = {}
         for g, (q, _) in main.items():
             owners[q] = owners.get(q, 0) + 1
+        # a predicted segment that is the main one of two targets has merged them
         out["merged"] += sum(1 for g, (q, _) in main.items() if owners[q] > 1)
         out["split"] += sum(1 for g in big if big[g] > 1)
     return out
@@ -322,6 +336,7 @@ def h_maxima(height: np.ndarray, h: float, mask: np.ndarray | None = None,
         raise ValueError(f"height must be 2-D (H,W); got shape {height.shape}")
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    # 3x3 cross (4-connectivity) or full 3x3 square (8)
     footprint = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
     inside = np.ones(height.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
     if inside.shape != height.shape:
@@ -336,6 +351,7 @@ def h_maxima(height: np.ndarray, h: float, mask: np.ndarray | None = None,
             break
         rec = grown
     tops = np.zeros(height.shape, bool)
+    # residue >= h: the flood from any higher ground never came within h of this top
     tops[inside] = height[inside] - rec[inside] >= h
     return tops
 
@@ -350,8 +366,10 @@ def _flood(height: np.ndarray, markers: np.ndarray, mask: np.ndarray,
     ``height`` (the immersion view of Vincent & Soille 1991, https://doi.org/10.1109/34.87344;
     this heap form is Meyer's, as in Beucher & Meyer 1993)."""
     H, W = height.shape
+    # plain Python lists: element access in the loop is much faster than on numpy arrays
     labels = markers.astype(np.int64).ravel().tolist()
     h, inside = height.ravel().tolist(), mask.ravel().tolist()
+    # markers enter with age 0; later pushes get increasing ages (FIFO among equal heights)
     heap = [(h[i], 0, i) for i in np.flatnonzero(markers).tolist()]
     heapq.heapify(heap)
     age = 0
@@ -363,6 +381,7 @@ def _flood(height: np.ndarray, markers: np.ndarray, mask: np.ndarray,
             yy, xx = y + dy, x + dx
             if 0 <= yy < H and 0 <= xx < W:
                 j = yy * W + xx
+                # inside the mask and unclaimed: the first basin to arrive takes the pixel
                 if inside[j] and not labels[j]:
                     age += 1
                     labels[j] = labels[i]
@@ -415,6 +434,7 @@ def watershed_instances(semantic: torch.Tensor, thing_classes: Iterable[int], mi
         raise ValueError(f"semantic contains negative class ids "
                          f"{torch.unique(sem_all[bad])[:10].tolist()}")
     structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    # scipy and the heap flood run on numpy, on the CPU
     batch = (sem_all if semantic.ndim == 3 else sem_all[None]).cpu().numpy()
     out = np.zeros(batch.shape, dtype=np.int64)
     for sem, labels in zip(batch, out):
@@ -426,7 +446,9 @@ def watershed_instances(semantic: torch.Tensor, thing_classes: Iterable[int], mi
             # one marker per connected top (a plateau top is one marker, as in scikit-image);
             # every connected piece of the region has a top, so the flood reaches all of it
             tops = ndimage.label(h_maxima(dist, min_height, region, connectivity), structure)[0]
+            # flood -dist: object centres are the lowest points, necks are ridges
             basins = _flood(-dist, tops, region, connectivity)
+            # offset by the largest id so far: ids stay unique across the classes of one image
             labels[basins > 0] = basins[basins > 0] + labels.max()
         labels[...] = _raster_order(labels)
     result = torch.from_numpy(out).to(semantic.device)
@@ -436,9 +458,11 @@ def watershed_instances(semantic: torch.Tensor, thing_classes: Iterable[int], mi
 def _raster_order(labels: np.ndarray) -> np.ndarray:
     """Renumber the ids ``> 0`` of ``labels`` as 1..K in raster order of their first pixel."""
     flat = labels.ravel()
+    # first[k] = flat index of the first pixel holding ids[k]
     ids, first = np.unique(flat, return_index=True)
     keep = ids > 0
     ids, first = ids[keep], first[keep]
     lut = np.zeros(int(flat.max()) + 1 if flat.size else 1, dtype=np.int64)
+    # lookup table old id -> new id; ids ordered by first pixel get 1..K, 0 stays 0
     lut[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1)
     return lut[labels]

@@ -73,6 +73,7 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | Non
 
 
 def _nonzero(denom: torch.Tensor) -> torch.Tensor:
+    # 0 -> 1: wherever denom is 0 the numerator is an exact 0 too
     return torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
@@ -82,7 +83,9 @@ def _safe_mean(total: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
 
 
 def _pixel_nll(logits: torch.Tensor, safe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # log_softmax, not log(softmax(.)): no log(0) = -inf when a logit dominates
     logp = F.log_softmax(logits, dim=1)
+    # -log p_i[y_i]: gather along C with index N,1,H,W, then drop that dim -> N,H,W
     return logp, -logp.gather(1, safe.unsqueeze(1)).squeeze(1)
 
 
@@ -107,12 +110,15 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight=None,
     w, valid, safe = _prepare(logits, target, ignore_index, weight)
     C = logits.shape[1]
     logp, nll = _pixel_nll(logits, safe)
+    # w[y_i] per pixel (1 without weights); ignored pixels weigh 0 in both sums
     w_pix = valid.to(logits.dtype) if w is None else w[safe] * valid
     total = (w_pix * nll).sum()
     if label_smoothing > 0:
         wl = logp if w is None else logp * w.view(1, C, 1, 1)
+        # sum_i sum_c w_c (-log p_ic) over valid pixels: the mean's w[y_i] cancels l_i's 1 / w[y_i]
         smooth = -(wl.sum(1) * valid).sum()
         total = (1 - label_smoothing) * total + (label_smoothing / C) * smooth
+    # the denominator stays sum_i w[y_i] with label smoothing too, as in F.cross_entropy
     return _safe_mean(total, w_pix.sum())
 
 
@@ -145,6 +151,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, a
         if isinstance(alpha, (int, float)) or (torch.is_tensor(alpha) and alpha.ndim == 0):
             loss = float(alpha) * loss
         else:
+            # alpha[y_i] per pixel; ignored pixels read class 0 here and are zeroed by w_pix below
             loss = _class_vector(alpha, C, logits, "alpha")[safe] * loss
     w_pix = valid.to(logits.dtype) if w is None else w[safe] * valid
     return _safe_mean((w_pix * loss).sum(), w_pix.sum())
@@ -176,6 +183,7 @@ def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float
     if bool(((t < 0) | (t > 1)).any()):
         raise ValueError("targets must lie in [0, 1]")
     p = torch.sigmoid(logits)
+    # from the logits, not from p: finite even where sigmoid rounds to exactly 0 or 1
     ce = F.binary_cross_entropy_with_logits(logits, t, reduction="none")
     p_t = p * t + (1 - p) * (1 - t)
     loss = ce * (1 - p_t) ** gamma
@@ -227,13 +235,16 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | No
         raise ValueError(f"smooth must be >= 0, got {smooth}")
     w, valid, safe = _prepare(logits, target, ignore_index, weight)
     C = logits.shape[1]
-    v = valid.unsqueeze(1).to(logits.dtype)
-    prob = F.softmax(logits, dim=1) * v
+    v = valid.unsqueeze(1).to(logits.dtype)  # N,1,H,W: broadcasts over the classes
+    prob = F.softmax(logits, dim=1) * v  # ignored pixels carry no probability mass
+    # one_hot appends the class dim: N,H,W -> N,H,W,C -> N,C,H,W
     onehot = F.one_hot(safe, C).permute(0, 3, 1, 2).to(logits.dtype) * v
+    # sums of shape N,C (per image) or C (pooled over the batch)
     dims = (2, 3) if per_image else (0, 2, 3)
     inter = (prob * onehot).sum(dims)
     size = prob.sum(dims) + onehot.sum(dims)
     present = (onehot.sum(dims) > 0).to(logits.dtype)
+    # smooth = 0 and an empty class would be 0/0; such a class is absent and weighs 0 below
     dice = (2 * inter + smooth) / _nonzero(size + smooth)
     wc = present if w is None else present * w
     return _safe_mean((wc * (1 - dice)).sum(), wc.sum())
@@ -278,6 +289,8 @@ def boundary_weights(target: torch.Tensor, sigma: float = 3.0, amplitude: float 
     if sigma <= 0 or amplitude < 0:
         raise ValueError(f"need sigma > 0 and amplitude >= 0; got {sigma}, {amplitude}")
     valid, _ = _valid_and_safe(target, ignore_index)
+    # distances to valid boundary pixels only (a void transition marks its valid side),
+    # computed up to 3 sigma and inf beyond
     d = distance_to_mask(boundary_mask(target) & valid, 3 * sigma)
     w = 1 + amplitude * torch.exp(-d * d / (2 * sigma * sigma))  # exp(-inf) = 0 beyond the cut
     return w * valid
@@ -293,6 +306,7 @@ def boundary_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     """
     w, valid, safe = _prepare(logits, target, ignore_index, weight)
     _, nll = _pixel_nll(logits, safe)
+    # ignored pixels get weight 0 here, so they drop out of both sums
     w_pix = boundary_weights(target, sigma, amplitude, ignore_index).to(logits.dtype)
     if w is not None:
         w_pix = w_pix * w[safe]
@@ -319,6 +333,7 @@ def class_frequencies(masks_or_iterable, num_classes: int,
 
     def add(mask: torch.Tensor) -> None:
         check_mask(mask, num_classes, "mask", ignore_index=ignore_index)
+        # leading dims are images: ...,H,W -> N,H,W; a 1-D mask is one image
         m = mask.reshape(-1, *mask.shape[-2:]) if mask.ndim >= 2 else mask.reshape(1, -1)
         for image in m:  # per image, for the presence-based totals
             ids = image.reshape(-1)
@@ -326,6 +341,7 @@ def class_frequencies(masks_or_iterable, num_classes: int,
                 ids = ids[ids != ignore_index]
             c = torch.bincount(ids.long(), minlength=num_classes).cpu()
             counts.add_(c)
+            # this image's valid pixels count for every class it contains
             totals.add_((c > 0) * ids.numel())
 
     if isinstance(masks_or_iterable, torch.Tensor):
@@ -362,6 +378,7 @@ def class_weights(counts, method: str = "inverse", image_pixels=None) -> torch.T
         raise ValueError("every class count is 0: no weights can be derived")
     w = torch.zeros_like(n)
     if method == "inverse":
+        # total / (K n_c): 1 for every class when the K classes are equally frequent
         w[present] = n.sum() / (int(present.sum()) * n[present])
     elif method == "median":
         if image_pixels is None:
@@ -370,6 +387,7 @@ def class_weights(counts, method: str = "inverse", image_pixels=None) -> torch.T
             tot = torch.as_tensor(image_pixels, dtype=torch.float64)
             if tot.shape != n.shape or bool((tot[present] <= 0).any()):
                 raise ValueError("image_pixels must match counts and be > 0 where counts are")
+            # clamp: tot may be 0 for an absent class; its weight stays 0 anyway
             freq = torch.where(present, n / tot.clamp_min(1), torch.zeros_like(n))
         w[present] = torch.quantile(freq[present], 0.5) / freq[present]
     else:

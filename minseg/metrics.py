@@ -68,6 +68,8 @@ def _confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int
             check_mask(pred, C, "pred", ignore_index=None)  # raises with the offending ids
     if ignore_index is None:
         rows, drop = C, None
+    # a small void id (255) keeps its own row of bins, sliced off below: no remapping pass
+    # (the 4096 cap bounds the rows * C bins that bincount allocates)
     elif C <= ignore_index < 4096:
         rows, drop = ignore_index + 1, ignore_index
     elif ignore_index < 0 or ignore_index >= 4096:
@@ -82,7 +84,7 @@ def _confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int
     # are validated for free: a negative id gives a negative bin (bincount refuses it), an id
     # above `rows - 1` makes bincount return more than rows*C bins, and an id between C and
     # `drop` fills a row that must stay empty. (int64 overflow of t*C would need |t| > 4e17.)
-    idx = torch.add(pred, target, alpha=C).reshape(-1)
+    idx = torch.add(pred, target, alpha=C).reshape(-1)  # = target * C + pred, in one kernel
     try:
         counts = torch.bincount(idx, minlength=rows * C)
     except RuntimeError:
@@ -91,6 +93,7 @@ def _confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int
             drop is not None and drop > C and bool(counts[C * C:drop * C].any())):
         check_mask(given_target, C, "target", ignore_index=ignore_index)
         raise ValueError("target contains label ids outside the classes")  # not reached
+    # clone: a view would keep the whole rows * C count buffer alive
     return counts[:C * C].reshape(C, C).clone()
 
 
@@ -131,17 +134,21 @@ def scores_from_confusion(mat: torch.Tensor) -> dict:
 
     Per-class tensors are float64 on the CPU; scalars are Python floats.
     """
+    # float64: integer counts stay exact up to 2^53 pixels, and the ratios below are precise
     m = mat.detach().to("cpu", torch.float64)
     tp = m.diagonal()
     support = m.sum(1)  # target pixels per class
     predicted = m.sum(0)
     total = m.sum()
-    union = support + predicted - tp
+    union = support + predicted - tp  # (TP + FN) + (TP + FP) - TP = TP + FP + FN
     nan = torch.tensor(float("nan"), dtype=torch.float64)
+    # 0 / 0 (a class with no pixels to score) becomes NaN, which the nanmeans below skip
     class_acc = torch.where(support > 0, tp / support, nan)
     iou = torch.where(union > 0, tp / union, nan)
+    # support + predicted = 2 TP + FP + FN
     dice = torch.where(union > 0, 2 * tp / (support + predicted), nan)
     present = support > 0
+    # classes absent from the target weigh 0 but may have IoU NaN (0 * NaN = NaN): leave them out
     fwiou = (support[present] * iou[present]).sum() / total if total > 0 else nan
     return {
         "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
@@ -198,6 +205,7 @@ class ConfusionMatrix:
             _check_label_tensor(x, "pred")
             check_same_shape(x, target, "pred", "target")
             cm = _confusion_matrix(x, target, self.num_classes, self.ignore_index)
+        # the first batch decides the device (unless one was given); later batches move to it
         if cm.device != self.mat.device:
             if self._device_fixed or self.mat.any():
                 cm = cm.to(self.mat.device)
@@ -248,6 +256,8 @@ def boundary_mask(labels: torch.Tensor) -> torch.Tensor:
     Works on ``H,W`` or ``...,H,W`` label maps; any label value (also 255) counts as a label.
     """
     b = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    # dh[y] compares rows y and y + 1 (shape H-1); both pixels of a differing pair are marked.
+    # Nothing wraps around, so the image border is never a boundary
     dh = labels[..., 1:, :] != labels[..., :-1, :]
     b[..., 1:, :] |= dh
     b[..., :-1, :] |= dh
@@ -270,19 +280,24 @@ def distance_to_mask(mask: torch.Tensor, max_dist: float) -> torch.Tensor:
     R = int(math.floor(max_dist))
     inf = float("inf")
     f = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-    f.masked_fill_(~mask, inf)
+    f.masked_fill_(~mask, inf)  # f = 0 on the mask, inf elsewhere: the transform's input
     H, W = f.shape[-2:]
     g = f.clone()
+    # inf padding: a shift never wraps around or sees a fake mask pixel past the border
     padded = F.pad(f, (R, R), value=inf)
     for dx in range(-R, R + 1):
         if dx:
+            # g = min_dx f(x + dx) + dx^2: squared distance to the nearest mask pixel in its row
             torch.minimum(g, padded[..., R + dx:R + dx + W] + dx * dx, out=g)
     d2 = g.clone()
     padded = F.pad(g, (0, 0, R, R), value=inf)
     for dy in range(-R, R + 1):
         if dy:
+            # d2(y, x) = min_dy g(y + dy, x) + dy^2 = min over the window of dx^2 + dy^2
             torch.minimum(d2, padded[..., R + dy:R + dy + H, :] + dy * dy, out=d2)
     d = d2.sqrt_()
+    # a value above max_dist came from the window's corners and may miss a closer pixel outside
+    # the window: report it as inf
     return d.masked_fill_(d > max_dist, inf)
 
 
@@ -309,7 +324,7 @@ def _infer_num_classes(pred: torch.Tensor, target: torch.Tensor, ignore_index: i
     if num_classes is None:
         t = target if ignore_index is None else target[target != ignore_index]
         hi = max(int(pred.max()) if pred.numel() else 0, int(t.max()) if t.numel() else 0)
-        num_classes = max(hi + 1, 2)
+        num_classes = max(hi + 1, 2)  # check_num_classes needs at least 2
     check_num_classes(num_classes)
     check_mask(pred, num_classes, "pred", ignore_index=None)
     check_mask(target, num_classes, "target", ignore_index=ignore_index)
@@ -357,18 +372,22 @@ def boundary_f1(pred: torch.Tensor, target: torch.Tensor, tolerance_px: float = 
     for c in range(C):
         bp = bp_all & (pred == c)
         bt = bt_all & (target == c)
+        # precision scores predicted boundary pixels on valid target pixels; recall may use all bp
         bp_scored = bp & valid
         n_p, n_t = int(bp_scored.sum()), int(bt.sum())
         if n_p == 0 and n_t == 0:
             continue
+        # an empty side scores 1 (DAVIS); the other side then scores 0, so F_c = 0
         precision = recall = 1.0
         if n_p:
+            # finite distance <=> a target boundary pixel of class c within tolerance_px
             near_t = torch.isfinite(distance_to_mask(bt, tolerance_px))
             precision = int((bp_scored & near_t).sum()) / n_p
         if n_t:
             near_p = torch.isfinite(distance_to_mask(bp, tolerance_px))
             recall = int((bt & near_p).sum()) / n_t
         s = precision + recall
+        # P = R = 0: F is 0, not 0/0
         scores.append(2 * precision * recall / s if s > 0 else 0.0)
     return sum(scores) / len(scores) if scores else 1.0
 
@@ -396,6 +415,7 @@ def trimap_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int, band_
     band = torch.isfinite(distance_to_mask(boundary_mask(target) & valid, band_px)) & valid
     if not bool(band.any()):
         return float("nan")
+    # pixels outside the band get target -1, which the confusion matrix ignores
     t = torch.where(band, target, -1)
     return scores_from_confusion(_confusion_matrix(pred, t, num_classes, -1))["miou"]
 
@@ -459,20 +479,26 @@ def panoptic_quality(pred: torch.Tensor, target: torch.Tensor, num_classes: int 
         ug, gi = torch.unique(t_img.reshape(-1), return_inverse=True)
         up, pi = torch.unique(p_img.reshape(-1), return_inverse=True)
         ng, np_ = len(ug), len(up)
+        # overlap areas of every (target segment, predicted segment) pair in one bincount, ng x np
         inter = torch.bincount(gi * np_ + pi, minlength=ng * np_).reshape(ng, np_).cpu().double()
         ug, up = ug.cpu(), up.cpu()
         g_void, p_void = ug == void_id, up == void_id
         g_area, p_area = inter.sum(1), inter.sum(0)
         p_on_void = inter[g_void].sum(0)  # predicted pixels that are void in the target
+        # floor division: void (-1) gets class -1, never a real class
         g_cls, p_cls = torch.div(ug, label_divisor, rounding_mode="floor"), \
             torch.div(up, label_divisor, rounding_mode="floor")
         things.update(g_cls[(ug % label_divisor > 0) & ~g_void].tolist())
         things.update(p_cls[(up % label_divisor > 0) & ~p_void].tolist())
+        # panopticapi leaves a predicted segment's pixels on target void out of its union
         union = g_area[:, None] + p_area[None, :] - inter - p_on_void[None, :]
+        # clamp only avoids 0/0 where the union is empty (IoU 0 there)
         iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
+        # IoU > 0.5 makes matches unique: two disjoint segments cannot both cover over half of one
         match = (iou > 0.5) & (g_cls[:, None] == p_cls[None, :])
         match &= ~g_void[:, None] & ~p_void[None, :]
         g_matched, p_matched = match.any(1), match.any(0)
+        # every class seen in this image gets counters, even before its first TP/FP/FN
         for c in g_cls[~g_void].unique().tolist() + p_cls[~p_void].unique().tolist():
             stats.setdefault(c, [0, 0, 0, 0.0])
         for gi_, pi_ in match.nonzero().tolist():
@@ -539,9 +565,10 @@ def reliability_bins(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15
                                                           device=probs.device), atol=1e-3):
         raise ValueError("probs must be probabilities in [0, 1] that sum to 1 over dim 1 "
                          "(pass softmax(logits, 1), not logits)")
-    conf, pred = probs.max(1)
+    conf, pred = probs.max(1)  # top-label confidence and its class, N,H,W each
     valid = _valid(target, ignore_index)
     conf = conf[valid].to(torch.float64).cpu()
+    # float64 on the CPU: bin sums over millions of pixels, and the same device as `edges`
     correct = (pred == target)[valid].to(torch.float64).cpu()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     # bin k holds edges[k] <= conf < edges[k+1]; conf == 1 goes to the last bin
@@ -575,6 +602,6 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
     bins = reliability_bins(probs, target, n_bins, ignore_index)
     if bins["pixels"] == 0:
         return float("nan")
-    full = bins["count"] > 0
+    full = bins["count"] > 0  # empty bins have NaN accuracy/confidence and weight 0
     gap = (bins["accuracy"][full] - bins["confidence"][full]).abs()
     return float((bins["count"][full] * gap).sum() / bins["pixels"])

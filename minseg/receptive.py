@@ -46,7 +46,7 @@ def _spec(layer) -> tuple[int, int, int]:
                              "downsampling chains (convs and pools) only")
         return _pair_first(layer.kernel_size), _pair_first(layer.stride), _pair_first(layer.dilation)
     if isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-        d = _pair_first(getattr(layer, "dilation", 1))
+        d = _pair_first(getattr(layer, "dilation", 1))  # AvgPool2d has no dilation: 1
         return _pair_first(layer.kernel_size), _pair_first(layer.stride), d
     if isinstance(layer, (tuple, list)) and len(layer) in (2, 3):
         k, s, *rest = layer
@@ -75,8 +75,9 @@ def receptive_field(layers: Iterable) -> ReceptiveField:
         k, s, d = _spec(layer)
         if k < 1 or s < 1 or d < 1:
             raise ValueError(f"kernel, stride and dilation must be >= 1, got {(k, s, d)}")
+        # r_l = r_{l-1} + (k_eff - 1) * jump_{l-1}, with k_eff - 1 = d (k - 1)
         size += (d * (k - 1)) * jump
-        jump *= s
+        jump *= s  # jump_l = jump_{l-1} * s: the stride so far, in input pixels
         sizes.append(size)
         jumps.append(jump)
     return ReceptiveField(size, jump, tuple(sizes), tuple(jumps))
@@ -127,6 +128,7 @@ def effective_receptive_field(model: Callable[[torch.Tensor], torch.Tensor],
     if device is None and isinstance(model, nn.Module):
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else "cpu"
+    # a fresh leaf that records the input gradient; the caller's tensor is left alone
     x = images.detach().to(device or "cpu").clone().requires_grad_(True)
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
@@ -138,13 +140,15 @@ def effective_receptive_field(model: Callable[[torch.Tensor], torch.Tensor],
         if out.ndim != 4:
             raise ValueError(f"model must return N,K,h,w; got shape {tuple(out.shape)}")
         oh, ow = out.shape[-2:]
+        # d(sum over the centre pixel's channels) / d input: a gradient of 1 from each of them
         out[:, :, oh // 2, ow // 2].sum().backward()
     finally:
         if isinstance(model, nn.Module):
             model.train(was_training)
+    # |grad| summed over input channels, averaged over the inputs: N,C,H,W -> H,W
     erf = x.grad.detach().abs().sum(1).mean(0).float().cpu()
     total = erf.sum()
-    return erf / total if total > 0 else erf
+    return erf / total if total > 0 else erf  # an all-zero map stays zero, not 0/0
 
 
 def mass_radius(erf: torch.Tensor, fraction: float = 0.9) -> int:
@@ -165,7 +169,9 @@ def mass_radius(erf: torch.Tensor, fraction: float = 0.9) -> int:
     H, W = m.shape
     cy, cx = H // 2, W // 2
     for r in range(max(H, W)):
+        # the square is clipped at the border: max(0, .) keeps a negative start from wrapping
         inside = float(m[max(0, cy - r):cy + r + 1, max(0, cx - r):cx + r + 1].sum())
+        # slack: a sub-block's sum may round a hair below the total
         if inside >= fraction * total * (1 - 1e-9):
             return r
     return max(H, W)

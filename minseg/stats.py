@@ -38,13 +38,16 @@ def _t_cdf(x: float, df: int) -> float:
     """P(T <= x) for Student's t with ``df`` degrees of freedom (Simpson's rule on the density;
     accurate to ~1e-10 for the |x| < 60 the intervals need)."""
     if x < 0:
-        return 1.0 - _t_cdf(-x, df)
+        return 1.0 - _t_cdf(-x, df)  # the density is symmetric about 0
+    # log of Gamma((df+1)/2) / (Gamma(df/2) sqrt(df pi)); lgamma avoids overflowing Gamma
     log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    # pdf(t) = c (1 + t^2 / df)^(-(df+1)/2)
     pdf = lambda t: math.exp(log_c - (df + 1) / 2 * math.log1p(t * t / df))  # noqa: E731
     n = 2000                                  # even number of Simpson intervals
     h = x / n
+    # Simpson's weights 1, 4, 2, 4, ..., 2, 4, 1
     s = pdf(0.0) + pdf(x) + sum((4 if k % 2 else 2) * pdf(k * h) for k in range(1, n))
-    return 0.5 + s * h / 3
+    return 0.5 + s * h / 3  # P(T <= x) = 1/2 + integral_0^x pdf
 
 
 @lru_cache(maxsize=256)
@@ -59,8 +62,9 @@ def t_quantile(p: float, df: int) -> float:
     if df < 1:
         raise ValueError(f"df must be >= 1, got {df}")
     if p < 0.5:
-        return -t_quantile(1 - p, df)
+        return -t_quantile(1 - p, df)  # symmetry again: q(p) = -q(1 - p)
     lo, hi = 0.0, 1.0
+    # bracket the quantile: double hi until the CDF passes p
     while _t_cdf(hi, df) < p:
         hi *= 2
     for _ in range(60):                       # bisection to float precision
@@ -115,7 +119,9 @@ def mean_interval(values: Sequence[float], level: float = LEVEL, unit: str = "se
     n, mean = len(v), sum(v) / len(v)
     if n == 1:
         return Interval(mean, math.nan, math.nan, 1, "single", unit)
+    # sample standard deviation (n - 1: Bessel's correction)
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    # Student's t half-width: t_{0.975, n-1} * s / sqrt(n) for level 0.95
     half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, "t", unit)
 
@@ -143,11 +149,13 @@ def per_image_confusion(preds: torch.Tensor, targets: torch.Tensor, num_classes:
     t = targets.reshape(n, -1).long()
     p = preds.reshape(n, -1).long()
     valid = t != ignore_index
+    # only valid pixels are checked: a void pixel may hold any prediction
     bad = valid & ((t < 0) | (t >= num_classes) | (p < 0) | (p >= num_classes))
     if bad.any():
         raise ValueError(f"labels outside 0..{num_classes - 1} (and {ignore_index}) in the "
                          "predictions or targets")
     img = torch.arange(n).unsqueeze(1).expand_as(t)
+    # bin (image, target, prediction) in row-major order: one bincount for all images
     idx = (img * num_classes + t) * num_classes + p
     counts = torch.bincount(idx[valid], minlength=n * num_classes * num_classes)
     return counts.reshape(n, num_classes, num_classes)
@@ -186,16 +194,21 @@ def bootstrap_difference(cms_a: torch.Tensor, cms_b: torch.Tensor,
     score = _score(metric)
     n = cms_a.shape[0]
     full = score(cms_a.sum(0)) - score(cms_b.sum(0))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # own generator: the same interval on every call
+    # reps replicates of n image indices each, drawn with replacement
     idx = torch.randint(0, n, (reps, n), generator=g)
     # sum over the drawn images as a matrix product with counts: reps x N times N x C*C
+    # counts[r, i] = how often image i was drawn in replicate r
     counts = torch.zeros(reps, n, dtype=torch.float64).scatter_add_(
         1, idx, torch.ones(reps, n, dtype=torch.float64))
     sums_a = (counts @ cms_a.reshape(n, -1).double()).reshape(reps, *cms_a.shape[1:])
     sums_b = (counts @ cms_b.reshape(n, -1).double()).reshape(reps, *cms_b.shape[1:])
+    # A and B are scored on the same resampled images: the pairing that narrows the interval
     diffs = torch.tensor([score(x) - score(y) for x, y in zip(sums_a, sums_b)],
                          dtype=torch.float64)
+    # drop undefined replicates (e.g. one class's IoU when no drawn image has the class)
     diffs = diffs[~diffs.isnan()]
+    # percentile interval: the 2.5 % and 97.5 % quantiles for level 0.95
     lo, hi = torch.quantile(diffs, torch.tensor([(1 - level) / 2, (1 + level) / 2],
                                                 dtype=torch.float64)).tolist()
     return Interval(full, lo, hi, n, "bootstrap")

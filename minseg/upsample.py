@@ -37,14 +37,15 @@ def bilinear_kernel(in_ch: int, out_ch: int, k: int) -> torch.Tensor:
     (``2s - 1`` for odd ``s``), stride ``s`` and the padding of :class:`TransposedUp`, the
     result equals ``F.interpolate(mode="bilinear", align_corners=False)`` away from the border.
     """
-    factor = (k + 1) // 2
+    factor = (k + 1) // 2  # f = ceil(k / 2), the tent's half-width (FCN's upsample_filt)
+    # the middle tap for odd k, halfway between the two middle taps for even k
     center = factor - 1 if k % 2 == 1 else factor - 0.5
     og = torch.arange(k, dtype=torch.float32)
     filt1d = 1 - (og - center).abs() / factor
-    filt = filt1d[:, None] * filt1d[None, :]
+    filt = filt1d[:, None] * filt1d[None, :]  # separable: the outer product of two tents
     weight = torch.zeros(in_ch, out_ch, k, k)
     idx = torch.arange(min(in_ch, out_ch))
-    weight[idx, idx] = filt
+    weight[idx, idx] = filt  # channel i -> channel i only: no mixing across channels
     return weight
 
 
@@ -78,6 +79,7 @@ class TransposedUp(nn.Module):
             raise ValueError(f"kernel_size must be >= scale ({scale}), got {k}")
         # output = (H - 1) * s - 2p + k + op; choose p, op so that it is exactly s * H.
         pad = math.ceil((k - scale) / 2)
+        # ceil makes out_pad 0 or 1 (PyTorch needs output_padding < stride)
         out_pad = scale - k + 2 * pad
         self.scale = scale
         self.up = nn.ConvTranspose2d(in_ch, out_ch, k, stride=scale, padding=pad,
@@ -132,6 +134,7 @@ def icnr_(weight: torch.Tensor, scale: int,
     sub = torch.empty((out_ch // scale**2,) + tuple(weight.shape[1:]), dtype=weight.dtype)
     init(sub)
     with torch.no_grad():
+        # kernel c is copied to channels c*s^2 .. c*s^2+s^2-1: one s x s block after the shuffle
         weight.copy_(sub.repeat_interleave(scale * scale, dim=0))
     return weight
 
@@ -197,17 +200,20 @@ def checkerboard_index(y: torch.Tensor, period: int = 2, border: int = 2,
         raise ValueError(f"y must have shape N,C,H,W or H,W; got {tuple(y.shape)}")
     if period < 2:
         raise ValueError(f"period must be >= 2, got {period}")
-    y = y.detach().double()
+    y = y.detach().double()  # float64: near-constant maps need the precision
     if border:
         y = y[..., border:-border, border:-border]
+    # a multiple of period: every phase gets the same number of pixels
     h, w = (y.shape[-2] // period) * period, (y.shape[-1] // period) * period
     if h == 0 or w == 0:
         raise ValueError(f"the map is too small for period {period} after cropping {border} px")
     y = y[..., :h, :w]
     total = y.flatten(2).var(2, unbiased=False)                              # N,C
+    # N,C,h/p,p,w/p,p: dims 3 and 5 are the phase (row % p, col % p)
     phases = y.reshape(*y.shape[:2], h // period, period, w // period, period)
     means = phases.mean(dim=(2, 4)).flatten(2)                               # N,C,period^2
     between = means.var(2, unbiased=False)
+    # constant up to rounding: index 0 rather than noise / noise
     flat = total <= eps * y.flatten(2).pow(2).mean(2)
     index = torch.where(flat, torch.zeros_like(total), between / total.clamp_min(1e-300))
     return float(index.mean())

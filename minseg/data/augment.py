@@ -65,13 +65,14 @@ class BatchAugment:
 
     def params(self, n: int, height: int, width: int, g: torch.Generator) -> dict:
         """The random draws for ``n`` images of ``height x width`` (float64, on the CPU)."""
-        crop = self.crop or height
+        crop = self.crop or height  # default: the stored (square) size
         s = _uniform(n, *self.scale, g)
         # crop offset in the scaled image: inside it when it is larger than the crop, else the
         # smaller image lands at a random place inside the crop (the rest is padding)
         room_x, room_y = width * s - crop, height * s - crop
         ox, oy = _uniform(n, 0, 1, g) * room_x, _uniform(n, 0, 1, g) * room_y
         flip = torch.rand(n, generator=g, dtype=torch.float64) < self.hflip
+        # rows: brightness, contrast, saturation
         jit = _uniform(3 * n, 1 - self.jitter, 1 + self.jitter, g).view(3, n)
         return {"scale": s, "ox": ox, "oy": oy, "flip": flip, "brightness": jit[0],
                 "contrast": jit[1], "saturation": jit[2], "crop": crop}
@@ -90,28 +91,35 @@ class BatchAugment:
         ax = crop / (p["scale"] * w)
         ay = crop / (p["scale"] * h)
         theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        # xn = ax * u + tx; a flip negates ax, mirroring the crop about its own centre
         theta[:, 0, 0] = torch.where(p["flip"], -ax, ax)
         theta[:, 0, 2] = (2 * p["ox"] + crop) / (p["scale"] * w) - 1
         theta[:, 1, 1] = ay
         theta[:, 1, 2] = (2 * p["oy"] + crop) / (p["scale"] * h) - 1
+        # N, crop, crop, 2: where each output pixel samples its image, in [-1, 1] coordinates
         grid = F.affine_grid(theta.float().to(dev), [n, 1, crop, crop], align_corners=False)
+        # grid_sample needs float; values stay in 0..255, black outside the image
         x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)
         # masks: shift ids by one so that 0 marks "outside the image" after zero padding
         m = F.grid_sample(masks[:, None].float() + 1, grid, mode="nearest", padding_mode="zeros",
                           align_corners=False)[:, 0].round().long()
+        # round() above only guards float error; nearest sampling never blends two ids
         m = torch.where(m == 0, torch.full_like(m, IGNORE_INDEX), m - 1)
         if self.jitter > 0:
-            x = self._jitter(x / 255.0, p) * 255.0
+            x = self._jitter(x / 255.0, p) * 255.0  # the blends work in [0, 1], as torchvision's
         return normalize_uint8(x), m
 
     @staticmethod
     def _jitter(x: torch.Tensor, p: dict) -> torch.Tensor:
         """Brightness, contrast, saturation with per-image factors (images in [0, 1])."""
+        # one factor per image, broadcast over C,H,W
         view = lambda t: t.float().to(x.device).view(-1, 1, 1, 1)  # noqa: E731
         x = (x * view(p["brightness"])).clamp(0, 1)
         c = view(p["contrast"])
+        # contrast blends with each image's mean grey level (torchvision's adjust_contrast)
         grey_mean = TF.rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
         x = (c * x + (1 - c) * grey_mean).clamp(0, 1)
         s = view(p["saturation"])
+        # saturation blends with the per-pixel grey image (adjust_saturation)
         return (s * x + (1 - s) * TF.rgb_to_grayscale(x)).clamp(0, 1)

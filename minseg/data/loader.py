@@ -54,6 +54,7 @@ class TensorLoader:
                             f"minseg.data.decoded_split), got {type(data).__name__}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        # moved once, so every batch is gathered and augmented on the device
         self.dataset = data.to(device) if device is not None else data
         self.batch_size, self.shuffle, self.augment = batch_size, shuffle, augment
         self.drop_last = shuffle if drop_last is None else drop_last
@@ -87,10 +88,12 @@ class TensorLoader:
     # --- iteration
     def __len__(self) -> int:
         n = self.sampler.num_samples if isinstance(self.sampler, EpochSampler) else len(self.sampler)
+        # -(-n // b) = ceil(n / b) in integers
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
         epoch, start = self._epoch, self._start
+        # plain iteration advances the epoch; set_epoch pins it for one pass
         if self._auto:
             self._epoch += 1
         self._start = 0
@@ -99,6 +102,7 @@ class TensorLoader:
     def _batches(self, epoch: int, start: int):
         if isinstance(self.sampler, EpochSampler):
             self.sampler.set_epoch(epoch)
+            # skipping happens below by batch index, so the sampler yields the whole epoch
             self.sampler.start = 0
         order = torch.as_tensor(list(self.sampler), dtype=torch.long)
         data = self.dataset
@@ -108,6 +112,7 @@ class TensorLoader:
             if self.augment is None:
                 yield normalize_uint8(images), masks.long()
             else:
+                # a fresh generator per batch: any batch of any epoch can be rebuilt on its own
                 g = torch.Generator().manual_seed(_batch_seed(self.seed, epoch, b, self.rank))
                 yield self.augment(images, masks, g)
 

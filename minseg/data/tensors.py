@@ -109,6 +109,8 @@ class TensorSegmentationData(torch.utils.data.Dataset):
 
     def __getattr__(self, name: str):
         # image_path, mask_path, instance_path, annotation_path, raw, names, root, split, lut...
+        # no delegation for these: while unpickling or copying, self.source does not exist yet and
+        # getattr(self.source, ...) would call __getattr__ again, forever
         if name.startswith("_") or name == "source":
             raise AttributeError(name)
         return getattr(self.source, name)
@@ -122,20 +124,24 @@ class TensorSegmentationData(torch.utils.data.Dataset):
 def _square(image: np.ndarray, mask: torch.Tensor, size: int, fit: str
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ``H,W,3`` uint8 image and its ``H,W`` mask as ``3,S,S`` / ``S,S`` uint8 tensors."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # H,W,3 -> 3,H,W
     h, w = img.shape[-2:]
     if (h, w) == (size, size):
         return img.contiguous(), mask.to(torch.uint8)
+    # pad: the longer side becomes S; crop: the shorter side does
     s = size / (max(h, w) if fit == "pad" else min(h, w))
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))  # a very thin image keeps >= 1 pixel
     # antialiased bilinear for the photo, nearest for the ids (never blend two classes)
+    # round() before uint8: .to() alone would truncate
     img = F.interpolate(img[None].float(), size=(nh, nw), mode="bilinear", align_corners=False,
                         antialias=True)[0].round().clamp(0, 255).to(torch.uint8)
+    # 'nearest-exact' samples at pixel centres; plain 'nearest' is off by half a pixel
     m = F.interpolate(mask[None, None].float(), size=(nh, nw), mode="nearest-exact")[0, 0]
     m = m.to(torch.uint8)
     if fit == "pad":
         out_i = torch.zeros(3, size, size, dtype=torch.uint8)
         out_m = torch.full((size, size), IGNORE_INDEX, dtype=torch.uint8)
+        # the photo sits top-left; the rest is black / void
         out_i[:, :nh, :nw], out_m[:nh, :nw] = img, m
         return out_i, out_m
     top, left = (nh - size) // 2, (nw - size) // 2
@@ -156,6 +162,7 @@ def _key(source: VOCSegmentationDataset, size: int, fit: str, options: dict) -> 
     return {"format": CACHE_FORMAT, "root": str(Path(source.root).resolve()),
             "split": source.split, "size": int(size), "fit": fit, "classes": list(source.classes),
             "options": {k: v for k, v in sorted(options.items())},
+            # another image list gives another key, hence another file
             "names_sha1": hashlib.sha1("\n".join(source.names).encode()).hexdigest(),
             "count": len(source)}
 
@@ -171,6 +178,7 @@ def _load_cached(path: Path, key: dict, num_classes: int) -> tuple[torch.Tensor,
         return None
     n, s = key["count"], key["size"]
     try:
+        # weights_only: tensors and plain containers only, never arbitrary pickled code
         blob = torch.load(path, map_location="cpu", weights_only=True)
         images, masks = blob["images"], blob["masks"]
         problem = None
@@ -196,11 +204,12 @@ def _load_cached(path: Path, key: dict, num_classes: int) -> tuple[torch.Tensor,
 def _save_atomic(path: Path, blob: dict) -> bool:
     """Write ``blob`` to ``path`` through a temporary file and a rename; False (with a warning)
     when the folder cannot be written."""
+    # pid in the name: two processes building the same cache never share a temporary file
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(blob, tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # atomic rename: a reader never sees a half-written file
         return True
     except OSError as e:
         with contextlib.suppress(OSError):

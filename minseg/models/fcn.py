@@ -35,6 +35,7 @@ def vgg_encoder(in_channels: int = 3, width: int = 16,
         layers = [conv_bn_relu(cin if i == 0 else c, c, 3) for i in range(n)]
         stages.append(nn.Sequential(*layers, nn.MaxPool2d(2, ceil_mode=True)))
         cin = c
+    # every stage ends in a 2x2 pool: strides 2, 4, ..., 32
     return FeatureEncoder(stages, chans, [2 ** (i + 1) for i in range(len(chans))])
 
 
@@ -67,11 +68,13 @@ class FCN(nn.Module):
                                   conv_bn_relu(hidden, hidden, 1),                      # fc7
                                   nn.Conv2d(hidden, num_classes, 1))                    # score
         up_kw = {"bilinear_init": True} if up == "transposed" else {}
+        # encoder stages feeding skips: pool4 (stride 16) for FCN-16s, also pool3 (8) for FCN-8s
         self.taps = [self.encoder.strides.index(s) for s in (16, 8) if s >= stride]
         self.skip_scores = nn.ModuleList()
         self.ups = nn.ModuleList()
         for i in self.taps:
             score = nn.Conv2d(self.encoder.channels[i], num_classes, 1)
+            # zero skip scores: at init FCN-16s/8s output what FCN-32s does
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)
             self.skip_scores.append(score)
@@ -83,6 +86,7 @@ class FCN(nn.Module):
         score = self.head(feats[-1])
         for i, up, skip in zip(self.taps, self.ups, self.skip_scores):
             f = feats[i]
+            # x2 up, crop to the skip's size (ceil-mode pools round up), add the skip's scores
             score = fit_to(up(score), f.shape[-2:]) + skip(f)
         return resize(score, x.shape[-2:])
 

@@ -47,6 +47,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
         raise ValueError(f"mask_logits must have shape N,Q,H,W with the N,Q of class_logits "
                          f"{tuple(class_logits.shape[:2])}; got {tuple(mask_logits.shape)}")
     probs = class_logits.softmax(-1)[..., :-1]                 # drop "no object"
+    # scores[n, c] = sum_q p_q(c) * sigmoid(m_q): each query votes for its class with its mask
     return torch.einsum("nqc,nqhw->nchw", probs, mask_logits.sigmoid())
 
 
@@ -66,7 +67,9 @@ class QueryDecoderLayer(nn.Module):
 
     def forward(self, q: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """``q``: ``N, Q, D`` queries; ``memory``: ``N, h*w, D`` image tokens."""
+        # need_weights=False lets PyTorch take its fused attention path; [0] is the output
         q = self.norm1(q + self.self_attn(q, q, q, need_weights=False)[0])
+        # queries ask, image tokens answer: keys = values = memory
         q = self.norm2(q + self.cross_attn(q, memory, memory, need_weights=False)[0])
         return self.norm3(q + self.ffn(q))
 
@@ -156,6 +159,7 @@ class MaskFormer(nn.Module):
         self.in_channels = in_channels
         # the per-pixel model's parts up to its classifier (which is dropped)
         self.stages, self.linears, self.fuse = seg.stages, seg.linears, seg.fuse
+        # dim = the fused decoder width (fuse[0] is its 1x1 conv); memory_dim = the last stage's
         self.head = MaskFormerHead(num_classes, self.fuse[0].out_channels,
                                    self.linears[-1].in_channels, num_queries, num_layers, heads)
 
@@ -225,6 +229,7 @@ class MaskClassificationLoss(nn.Module):
         self.dice_weight = dice_weight
         w = torch.ones(num_classes + 1, dtype=torch.float64)   # cast to the logits dtype on use
         w[-1] = no_object_weight
+        # not in the state_dict: rebuilt from the arguments
         self.register_buffer("empty_weight", w, persistent=False)
 
     def _inputs(self, outputs: Mapping, masks: torch.Tensor):
@@ -248,12 +253,14 @@ class MaskClassificationLoss(nn.Module):
         if h > H or w > W:
             raise ValueError(f"mask_logits ({h}x{w}) must not be larger than the masks ({H}x{W})")
         check_mask(masks, self.num_classes, "masks", self.ignore_index)
+        # at least float32: pixel counts summed in half precision lose whole pixels
         dt = torch.promote_types(ml.dtype, torch.float32)
         valid = (masks != self.ignore_index).to(dt)[:, None]                # N,1,H,W
         classes = torch.arange(self.num_classes, device=masks.device)
         onehot = (masks[:, None] == classes[None, :, None, None]).to(dt)    # ignored: all 0
         if (h, w) != (H, W):      # pixel counts per logit cell
             area = H * W / (h * w)
+            # mean over a cell x the cell's area = the sum over the cell
             valid = F.adaptive_avg_pool2d(valid, (h, w)) * area
             onehot = F.adaptive_avg_pool2d(onehot, (h, w)) * area
         return cl.to(dt), ml.flatten(2).to(dt), onehot.flatten(2), valid.flatten(1)
@@ -262,14 +269,18 @@ class MaskClassificationLoss(nn.Module):
         """Matching cost of every query against every class, ``N, Q, C`` (batched)."""
         p = cl.softmax(-1)[..., :-1]                                  # N, Q, C
         # BCE summed over labelled pixels: t * softplus(-x) + (1 - t) * softplus(x)
+        # (counts sums t per cell; valid - counts sums 1 - t over the labelled pixels)
         bce = (torch.einsum("nqp,ncp->nqc", F.softplus(-ml), counts)
                + torch.einsum("nqp,ncp->nqc", F.softplus(ml), valid[:, None] - counts))
+        # mean over the image's labelled pixels
         bce = bce / valid.sum(-1).clamp_min(1)[:, None, None]
         s = ml.sigmoid()
         inter = torch.einsum("nqp,ncp->nqc", s, counts)
+        # the predicted mask's size counts labelled pixels only
         size_m = (s * valid[:, None]).sum(-1)                         # N, Q
         size_t = counts.sum(-1)                                       # N, C
         dice = 1 - (2 * inter + 1) / (size_m[:, :, None] + size_t[:, None, :] + 1)
+        # -p: the likelier the query finds class c, the cheaper the pair
         return -self.class_weight * p + self.mask_weight * bce + self.dice_weight * dice
 
     def cost(self, outputs: Mapping, masks: torch.Tensor) -> torch.Tensor:
@@ -288,11 +299,13 @@ class MaskClassificationLoss(nn.Module):
 
     @torch.no_grad()
     def _match(self, cl, ml, counts, valid):
+        # scipy's solver runs on CPU float64
         cost = self._costs(cl, ml, counts, valid).cpu().double()
         present = (counts.sum(-1) > 0).cpu()
         out = []
         for b in range(len(cost)):
             cls = torch.nonzero(present[b]).flatten()
+            # Q x K over the classes present; rectangular: with K > Q only Q classes get a query
             qi, kj = linear_sum_assignment(cost[b][:, cls].numpy())
             out.append((torch.as_tensor(qi, dtype=torch.long),
                         cls[torch.as_tensor(kj, dtype=torch.long)]))
@@ -309,11 +322,14 @@ class MaskClassificationLoss(nn.Module):
         # class targets: "no object" (index C) except for matched queries
         target = torch.full(cl.shape[:2], self.num_classes, dtype=torch.long, device=dev)
         target[b_idx, q_idx] = c_idx
+        # N*Q classifications; empty_weight down-weights the many 'no object' targets
         loss = self.class_weight * F.cross_entropy(cl.flatten(0, 1), target.flatten(),
                                                    weight=self.empty_weight.to(cl))
         if len(b_idx) == 0:                 # nothing labelled in the batch: no mask loss
+            # 0 * sum keeps the mask branch in the graph, with zero gradients
             return loss + 0.0 * ml.sum()
         x, t, v = ml[b_idx, q_idx], counts[b_idx, c_idx], valid[b_idx]    # M, P each
+        # BCE from logits: -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x)
         bce = (t * F.softplus(-x) + (v - t) * F.softplus(x)).sum(-1) / v.sum(-1).clamp_min(1)
         s = x.sigmoid()
         dice = 1 - (2 * (s * t).sum(-1) + 1) / ((s * v).sum(-1) + t.sum(-1) + 1)

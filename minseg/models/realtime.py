@@ -37,10 +37,11 @@ class GlobalFeatureExtractor(nn.Module):
         layers, cin = [], 4 * width
         for cout, stride in ((4 * width, 2), (6 * width, 2), (8 * width, 1)):
             for i in range(blocks):
+                # only a stage's first block strides and changes the width
                 layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expansion))
                 cin = cout
         self.blocks = nn.Sequential(*layers)
-        self.ppm = PyramidPooling(cin, (1, 2, 3, 6))
+        self.ppm = PyramidPooling(cin, (1, 2, 3, 6))  # PSPNet's 1x1, 2x2, 3x3, 6x6 grids
         self.project = conv_bn_relu(self.ppm.out_channels, cin, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +55,7 @@ class FeatureFusion(nn.Module):
 
     def __init__(self, high_ch: int, low_ch: int, out_ch: int):
         super().__init__()
+        # groups=low_ch: a depthwise 3x3 conv
         self.low = nn.Sequential(conv_bn_relu(low_ch, low_ch, 3, groups=low_ch),
                                  nn.Conv2d(low_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
         self.high = nn.Sequential(nn.Conv2d(high_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch))
@@ -61,6 +63,7 @@ class FeatureFusion(nn.Module):
 
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.low(resize(low, high.shape[-2:]))
+        # a sum, not a concat: both branches already have out_ch channels, and it is cheaper
         return self.relu(self.high(high) + low)
 
 
@@ -88,6 +91,7 @@ class FastSCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, channels=self.in_channels)
         high = self.downsample(x)
+        # the deep branch starts from the shared stride-8 map
         y = self.classifier(self.fusion(high, self.context(high)))
         return resize(y, x.shape[-2:])
 

@@ -32,12 +32,14 @@ class OverlapPatchEmbed(nn.Module):
 
     def __init__(self, in_ch: int, dim: int, kernel: int, stride: int):
         super().__init__()
+        # padding k // 2 with these odd kernels gives ceil(H / stride) rows
         self.proj = nn.Conv2d(in_ch, dim, kernel, stride=stride, padding=kernel // 2)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         h, w = x.shape[-2:]
+        # N, C, h, w -> N, h*w, C: token i*w + j is cell (i, j)
         return self.norm(x.flatten(2).transpose(1, 2)), h, w
 
 
@@ -64,12 +66,16 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x)
         if self.sr > 1:
             m = _to_map(x, h, w)
+            # pad right/bottom to a multiple of sr (-w % sr columns): the strided conv drops no cell
             m = F.pad(m, (0, -w % self.sr, 0, -h % self.sr))
+            # each sr x sr patch -> one key/value token: N, ceil(h/sr)*ceil(w/sr), C
             x = self.norm(self.reduce(m).flatten(2).transpose(1, 2))
         k, v = self.kv(x).chunk(2, dim=-1)
         # N, tokens, C -> N, heads, tokens, C/heads
         q, k, v = (z.reshape(n, -1, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        # softmax(Q K^T / sqrt(C/heads)) V, fused: the attention matrix is never stored
         y = F.scaled_dot_product_attention(q, k, v)
+        # N, heads, t, C/heads -> N, t, heads, C/heads -> N, t, C: concatenate the heads
         return self.proj(y.transpose(1, 2).reshape(n, t, c))
 
 
@@ -84,6 +90,7 @@ class MixFFN(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        # tokens -> map for the depthwise 3x3 conv -> tokens again
         x = self.dw(_to_map(self.fc1(x), h, w)).flatten(2).transpose(1, 2)
         return self.fc2(F.gelu(x))
 
@@ -143,10 +150,12 @@ class SegFormer(nn.Module):
         check_own_encoder("segformer", backbone, pretrained)
         self.in_channels = in_channels
         dims = [width * m for m in (1, 2, 5, 8)]
+        # keys/values shrink most in the early stages, whose maps have the most tokens
         heads, srs = (1, 2, 5, 8), (8, 4, 2, 1)
         self.stages = nn.ModuleList()
         cin = in_channels
         for i, (dim, depth) in enumerate(zip(dims, depths)):
+            # stage 1 goes to stride 4; each later stage halves the map
             kernel, stride = (7, 4) if i == 0 else (3, 2)
             self.stages.append(MixTransformerStage(cin, dim, depth, heads[i], srs[i], kernel,
                                                    stride, mlp_ratio))
@@ -161,6 +170,7 @@ class SegFormer(nn.Module):
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         if isinstance(m, nn.Linear):
+            # ViT / SegFormer's init for Linear layers
             nn.init.trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
@@ -172,6 +182,7 @@ class SegFormer(nn.Module):
         for stage in self.stages:
             y = stage(y)
             feats.append(y)
+        # every level is projected to d channels and upsampled to stage 1's stride-4 grid
         size = feats[0].shape[-2:]
         y = torch.cat([resize(lin(f), size) for lin, f in zip(self.linears, feats)], dim=1)
         return feats[-1], self.fuse(y)
@@ -202,13 +213,14 @@ def attention_weights(attn: EfficientSelfAttention, x: torch.Tensor, h: int, w: 
     q = attn.q(x)
     hk, wk = h, w
     if attn.sr > 1:
+        # the same padding and reduction as EfficientSelfAttention.forward
         m = F.pad(_to_map(x, h, w), (0, -w % attn.sr, 0, -h % attn.sr))
         m = attn.reduce(m)
         hk, wk = m.shape[-2:]
         x = attn.norm(m.flatten(2).transpose(1, 2))
     k, _ = attn.kv(x).chunk(2, dim=-1)
     d = c // attn.heads
-    q = q.reshape(n, t, attn.heads, d).transpose(1, 2)
+    q = q.reshape(n, t, attn.heads, d).transpose(1, 2)  # N, tokens, C -> N, heads, tokens, d
     k = k.reshape(n, -1, attn.heads, d).transpose(1, 2)
     return torch.softmax(q @ k.transpose(-2, -1) / d ** 0.5, dim=-1), (int(hk), int(wk))
 
@@ -231,7 +243,7 @@ def attention_maps(model: SegFormer, images: torch.Tensor, stage: int = 0, block
     found: dict = {}
 
     def hook(module, args, output):
-        x, h, w = args
+        x, h, w = args  # a forward hook sees the positional arguments of attn.forward
         found["weights"], found["key_grid"] = attention_weights(module, x, h, w)
         found["grid"] = (int(h), int(w))
 

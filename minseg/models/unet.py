@@ -62,7 +62,7 @@ class UNet(nn.Module):
         up_kw = {"kernel_size": 2} if up == "transposed" else {}
         up_kw.update(up_kwargs or {})
         cin = enc.channels[depth]
-        for i in reversed(range(depth)):
+        for i in reversed(range(depth)):  # decoder level depth-1 first, level 0 (full size) last
             c = width * 2 ** i
             self.ups.append(make_upsampler(up, cin, c, 2, **up_kw))
             self.convs.append(DoubleConv(c + (enc.channels[i] if skips else 0), c))
@@ -73,9 +73,12 @@ class UNet(nn.Module):
         check_images(x, channels=self.in_channels)
         feats = self.encoder(x)
         y = feats[-1]
+        # deepest first: each upsampler meets the skip of the resolution it produces
         for up, conv, skip in zip(self.ups, self.convs, reversed(feats[:-1])):
+            # ceil-mode pooling can leave the upsampled map a pixel larger than the skip: crop it
             y = fit_to(up(y), skip.shape[-2:])
             y = conv(torch.cat([skip, y], dim=1) if self.skips else y)
+        # the last level is stride 1 from scratch (a no-op), stride 2 on a torchvision backbone
         return resize(self.head(y), x.shape[-2:])
 
 
