@@ -11,7 +11,7 @@ endif
 BIN := $(ENV)/bin
 STAMP := $(ENV)/.minseg-installed
 
-.PHONY: install demo test test-fast lab bench release clean
+.PHONY: install demo test test-fast lab book bench release clean
 
 install: $(STAMP)
 
@@ -33,9 +33,12 @@ test-fast: install       ## unit tests only
 lab: install             ## open the lessons in JupyterLab
 	$(BIN)/python -m jupyter lab notebooks/
 
+book: install            ## execute the 20 lessons (cpu profile, reusing runs/cpu) and render book/_build/html
+	$(BIN)/python tools/build_book.py --profile $(or $(PROFILE),cpu)
+
 bench: install           ## benchmarks against named peers (minutes; prints tables)
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf .pytest_cache build dist *.egg-info runs
+	rm -rf .pytest_cache build dist *.egg-info runs book/_build

@@ -1,15 +1,25 @@
-"""Repository-wide pytest hooks: a timing guard for the notebooks run by nbval.
+"""Repository-wide pytest hooks: a timing guard for the notebooks run by nbval, and the
+lessons nbval executed kept for the book.
 
 Every notebook's wall time (the sum of its cells, kernel start included) is reported at the
 end of the run, and those over ``MINSEG_NOTEBOOK_BUDGET_S`` (default 60 s, the smoke-profile
 budget in docs/DESIGN.md) are flagged. A notebook over twice the budget fails the run: the slack
 absorbs a busy machine (torch's threads slow down a lot when the cores are shared), a real
 regression does not hide in it.
+
+Every lesson nbval executes is also written, with its outputs, to ``runs/<profile>/`` (the
+folder ``tools/run_notebooks.py`` writes to), and its evidence rows to ``runs/<profile>/evidence``:
+``tools/build_book.py`` (and ``tests/test_book.py``, which runs last) then renders the book from
+these copies instead of executing every lesson a second time.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections import defaultdict
+from pathlib import Path
+
+import nbformat
 
 _times: dict[str, float] = defaultdict(float)
 
@@ -18,6 +28,59 @@ _times: dict[str, float] = defaultdict(float)
 # so the notebooks nbval runs and the grader's kernels inherit it.
 if os.environ.get("MINSEG_PROFILE") == "smoke":
     os.environ.setdefault("MINSEG_CHALLENGE_BUDGET", "smoke")
+
+
+ROOT = Path(__file__).resolve().parent
+PROFILE = os.environ.get("MINSEG_PROFILE", "smoke")
+RUNS = ROOT / "runs" / PROFILE
+# the lessons' evidence() rows of this run, for the book (kernels inherit the variable)
+os.environ.setdefault("MINSEG_EVIDENCE_DIR", str(RUNS / "evidence"))
+_outputs: dict[str, dict[int, list]] = defaultdict(dict)
+
+
+def _is_lesson(path: Path) -> bool:
+    return path.suffix == ".ipynb" and path.parent == ROOT / "notebooks" and path.name[:2].isdigit()
+
+
+def _run_metadata(wall_s: float, status: str) -> dict:
+    spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_metadata(wall_s, status, executor="nbval (pytest)")
+
+
+def pytest_runtest_setup(item):
+    path = Path(str(item.fspath))
+    if _is_lesson(path) and getattr(item, "cell_num", None) == 0:   # a lesson starts
+        (Path(os.environ["MINSEG_EVIDENCE_DIR"]) / f"{path.name[:2]}.json").unlink(missing_ok=True)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """Collect each cell's outputs; after a lesson's last cell write the executed copy."""
+    path = Path(str(item.fspath))
+    if not _is_lesson(path) or getattr(item, "test_outputs", None) is None:
+        return
+    _outputs[str(path)][item.cell_num] = item.test_outputs
+    if nextitem is not None and Path(str(nextitem.fspath)) == path:
+        return
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    outs = _outputs.pop(str(path))
+    for i, cell in enumerate(code):
+        cell.outputs = outs.get(i, [])
+        cell.execution_count = i + 1 if i in outs else None
+    errors = [f"{o.get('ename')}: {o.get('evalue')}" for c in code for o in c.outputs
+              if o.get("output_type") == "error"]
+    status = "ok" if len(outs) == len(code) and not errors else \
+        f"error: {errors[0] if errors else 'not every cell ran'}"[:120]
+    nb.metadata["minseg"] = _run_metadata(_times[item.nodeid.split("::")[0]], status)
+    RUNS.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, RUNS / path.name)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the book is built from the lessons executed in this session: its tests run last
+    items.sort(key=lambda it: Path(str(it.fspath)).name == "test_book.py")
 
 
 def _budget() -> float:

@@ -51,6 +51,8 @@ def run_one(path: Path, out: Path, timeout: int) -> tuple[float, str]:
     except CellExecutionError as e:
         status = f"error: {e.ename}: {e.evalue}"[:120].replace("|", "/").replace("\n", " ")
     elapsed = time.perf_counter() - t0
+    # what produced these outputs, for the book's run card (tools/build_book.py)
+    nb.metadata["minseg"] = run_metadata(elapsed, status)
     nbformat.write(nb, out / path.name)
     # fit warns when its time cap stops a run before its step budget: the lesson's numbers are
     # then not the profile's, so the table says so
@@ -58,6 +60,14 @@ def run_one(path: Path, out: Path, timeout: int) -> tuple[float, str]:
     if status == "ok" and any(CUT_SHORT in t for t in texts):
         status = "cut short by the time cap"
     return elapsed, status
+
+
+def run_metadata(wall_s: float, status: str, executor: str = "tools/run_notebooks.py") -> dict:
+    """How an executed lesson was produced: profile, wall time, load, status, versions."""
+    return {"profile": os.environ.get("MINSEG_PROFILE", "cpu"), "wall_s": round(wall_s, 1),
+            "load": round(load_average(), 2), "status": status, "executor": executor,
+            "executed": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def _minutes(seconds: float) -> str:
@@ -174,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = [out / "EVIDENCE.md"]
     all_lessons = {p.stem for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
     if args.evidence:
-        targets.append(args.evidence)
+        if args.evidence.resolve() != targets[0].resolve():
+            targets.append(args.evidence)
     elif args.profile == "cpu" and (not args.notebooks or (args.update and all_lessons <= set(times))):
         targets.append(ROOT / "EVIDENCE.md")
     for t in targets:
