@@ -32,7 +32,8 @@ def test_runtime_dependencies_are_lower_bounds_only():
     reqs = project["dependencies"] + [r for v in project["optional-dependencies"].values() for r in v]
     assert all("==" not in r and "<" not in r for r in reqs), reqs
     names = {re.split(r"[<>=!~ ]", r)[0].lower() for r in project["dependencies"]}
-    assert names == {"torch", "torchvision", "numpy", "matplotlib", "pillow", "tqdm", "scipy"}
+    assert names == {"torch", "torchvision", "numpy", "matplotlib", "pillow", "tqdm", "scipy",
+                     "fsrs", "genanki"}
 
 
 def test_ci_runs_the_readme_test_command():

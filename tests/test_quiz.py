@@ -4,9 +4,7 @@ API and the generated cheat sheet."""
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import io
-import json
 import math
 import random
 from collections import deque
@@ -17,6 +15,7 @@ from minseg.quiz import ask, load_bank
 from minseg.quiz.bank import TOPIC_IDS, count_sentences, load_raw, validate
 from minseg.quiz.cards import LETTERS
 from minseg.quiz.numeric import GENERATORS, generate, parse_number
+from test_quiz_numeric_topics import RECOMPUTE as TOPIC_RECOMPUTE
 
 SLUGS = ["what_is_semantic_segmentation", "vs_image_classification", "fully_convolutional_networks",
          "unet_skip_connections", "upsampling_methods", "miou", "dice", "standard_loss", "boundaries",
@@ -190,6 +189,7 @@ RECOMPUTE = {
     "params_upsampler": _upsampler, "params_aspp": _aspp, "params_ppm": _ppm,
     "params_depthwise": lambda P: 9 * P["cin"] + 2 * P["cin"] + P["cin"] * P["cout"] + 2 * P["cout"],
     "tta_cost": _tta,
+    **TOPIC_RECOMPUTE,  # topics 01, 14, 16, 18, 19: recomputed in test_quiz_numeric_topics.py
 }
 
 
@@ -283,51 +283,7 @@ def test_unknown_topic_is_an_error(capsys):
 # ------------------------------------------------------------------------------------------
 # spaced repetition
 # ------------------------------------------------------------------------------------------
-def test_review_moves_cards_between_leitner_boxes(tmp_path):
-    from minseg.quiz.cli import review_cards
-    from minseg.quiz.progress import load_progress
-
-    path = tmp_path / "p.json"
-
-    def session(day, grades):
-        """Run one review on 2026-03-<day>, answering right (1) or wrong (0) in order."""
-        today = dt.date(2026, 3, day)
-        cards, _, _ = review_cards(load_bank(), load_progress(path), "07", ("mcq",), 10, today,
-                                   random.Random(1))
-        answers = [_correct(c) if g else _wrong(c) for c, g in zip(cards, grades)]
-        code, out = _run(["--review", "--topic", "07", "--kind", "mcq", "--progress", str(path),
-                          "--seed", "1", "--today", today.isoformat()], "\n".join(answers) + "\n")
-        assert code == 0
-        return [c.id for c in cards], out, load_progress(path).items
-
-    ids, out, state = session(1, [1, 0, 1])
-    assert "0 due and 3 new card(s)" in out and "score: 2/3" in out
-    assert [state[i]["box"] for i in ids] == [2, 1, 2]
-    assert [state[i]["due"] for i in ids] == ["2026-03-02", "2026-03-01", "2026-03-02"]
-    again, out, state = session(1, [1])  # same day: only the missed card is due
-    assert again == [ids[1]] and "1 due and 0 new" in out and state[ids[1]]["box"] == 2
-    _, out, state = session(2, [1, 1, 1])  # next day: all due, all right -> box 3, 3 days later
-    assert "3 due and 0 new" in out
-    assert all(state[i]["box"] == 3 and state[i]["due"] == "2026-03-05" for i in ids)
-    assert "boxes: 1:0  2:0  3:3" in out
-    _, out, _ = session(3, [])
-    assert "nothing due today (2026-03-03); next review on 2026-03-05." in out
-
-
-@pytest.mark.parametrize("content", [b"{not json", b"[]", b'{"format": 1, "items": {"07.m1": {"box": 9}}}',
-                                     b"\xff\xfe\x00garbage"])
-def test_corrupted_progress_file_is_reported_and_recreated(tmp_path, content):
-    path = tmp_path / "progress.json"
-    path.write_bytes(content)
-    code, out = _run(["--review", "--topic", "07", "--kind", "mcq", "--random", "1",
-                      "--progress", str(path), "--today", "2026-03-01"], "\n")
-    assert code == 0
-    warnings = [line for line in out.splitlines() if "is corrupted" in line]
-    assert len(warnings) == 1 and str(path) in warnings[0]
-    assert (tmp_path / "progress.json.corrupt").read_bytes() == content
-    data = json.loads(path.read_text())
-    assert data["format"] == 1 and len(data["items"]) == 1  # recreated, then this session saved
-    assert "score: 0/1" in out
+# The FSRS review, the migration of Leitner files and corrupted files: tests/test_quiz_review.py.
 
 
 # ------------------------------------------------------------------------------------------
@@ -342,7 +298,7 @@ def test_ask_checks_answers(capsys):
     assert r.correct is None and "not answered" in repr(r)
     assert r.check(r.card.numeric.answer_text) is True
     out = capsys.readouterr().out
-    assert "lesson: notebooks/06_miou.ipynb" in out and m.question in out
+    assert "read more: lesson 06 · " in out and "(notebooks/06_miou.ipynb)" in out and m.question in out
 
 
 def test_cheatsheet_is_up_to_date():

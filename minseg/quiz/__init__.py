@@ -151,11 +151,11 @@ def _card_html(card: Card) -> str:
 
 def _verdict_text(r: AskResult) -> str:
     head = "correct." if r.correct else f"wrong: the answer is {r.card.expected}"
-    return f"{head}\n  {r.card.explanation}\n  lesson: {r.card.topic.lesson}"
+    return f"{head}\n  {r.card.explanation}\n  read more: {r.card.lesson.text}"
 
 
 def _verdict_html(r: AskResult) -> str:
     head = ('<b style="color:#2a7d2a">correct.</b>' if r.correct else
             f'<b style="color:#b03030">wrong:</b> the answer is {html.escape(r.card.expected)}')
-    return _box(f"{head}<br>{html.escape(r.card.explanation)}<br><small>lesson: "
-                f"{html.escape(r.card.topic.lesson)}</small>")
+    return _box(f"{head}<br>{html.escape(r.card.explanation)}<br><small>read more: "
+                f"{html.escape(r.card.lesson.text)}</small>")

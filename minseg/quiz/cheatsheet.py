@@ -5,7 +5,9 @@
 
 One page: each topic's ``cheat`` lines under its section (the task, architectures, metrics,
 losses, context modules, inference tricks), then every topic's pitfalls; each line links to
-its lesson. Edit ``bank.json``, never the generated file.
+its lesson. A last section names, per topic, the lesson section that answers its interview
+question (the topic's ``lesson`` reference in the bank). Edit ``bank.json``, never the
+generated file.
 """
 from __future__ import annotations
 
@@ -13,15 +15,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from minseg.quiz.bank import Bank, load_bank
+from minseg.quiz.bank import Bank, Topic, load_bank
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "CHEATSHEET.md"
 HEADER = ("<!-- Generated from minseg/quiz/bank.json by `python -m minseg.quiz.cheatsheet`; "
           "edit the bank, not this file. -->")
 
 
-def _ref(topic) -> str:
+def _ref(topic: Topic) -> str:
     return f"[{topic.id}]({topic.lesson})"
+
+
+def _answered_in(topic: Topic) -> str:
+    r = topic.lesson_ref
+    where = f"lesson {r.lesson_id} · {r.heading} ([{r.path}]({r.path}))"
+    return f"- {topic.id} {topic.title} -> {where}"
 
 
 def render(bank: Bank | None = None) -> str:
@@ -29,7 +37,8 @@ def render(bank: Bank | None = None) -> str:
     bank = bank or load_bank()
     out = [HEADER, "", "# Semantic segmentation cheat sheet", "",
            "One page to revise before an interview. The number after each line is the lesson that "
-           "measures the claim; drill yourself with `python -m minseg quiz`."]
+           "measures the claim; the last section says where each interview question is answered. "
+           "Drill yourself with `python -m minseg quiz`."]
     for sid, title in bank.sections:
         topics = [t for t in bank.topics if t.section == sid]
         if not topics:
@@ -39,6 +48,8 @@ def render(bank: Bank | None = None) -> str:
     pitfalls = [f"- {line} {_ref(t)}" for t in bank.topics for line in t.pitfalls]
     if pitfalls:
         out += ["", "## Pitfalls", ""] + pitfalls
+    out += ["", "## Where each interview question is answered", ""]
+    out += [_answered_in(t) for t in bank.topics]
     out.append("")
     return "\n".join(out)
 

@@ -6,8 +6,9 @@ Modes (one per run):
   (``--random N``, 10 by default), with the explanation after every answer and a score;
 * ``--mock``: a timed mock interview: the open question, then a follow-up, answered aloud,
   the model answer revealed on Enter, self-graded;
-* ``--review``: spaced repetition (Leitner boxes) over every card, progress kept in a small
-  JSON file (``--progress PATH``, default ``~/.minseg/quiz_progress.json``).
+* ``--review``: spaced repetition scheduled by FSRS over every card, progress kept in a small
+  JSON file (``--progress PATH``, default ``~/.minseg/quiz_progress.json``);
+* ``--export-anki FILE.apkg``: the whole bank as an Anki deck.
 
 It reads plain lines from stdin, so it can be scripted:
 ``printf 'b\\n0.4\\n' | python -m minseg quiz --topic 06 --random 2 --seed 1``.
@@ -57,8 +58,12 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                       help="timed mock interview: open questions answered aloud, model answer "
                            "revealed after Enter, self-graded")
     mode.add_argument("--review", action="store_true",
-                      help="spaced repetition (Leitner boxes): due cards first, then new ones")
+                      help="spaced repetition (FSRS): due cards first, then new ones")
     mode.add_argument("--list", action="store_true", help="list the topics and their questions")
+    mode.add_argument("--export-anki", metavar="FILE.apkg", default=None,
+                      help="write the bank (or --topic) as an Anki deck: open questions with "
+                           "model answers and follow-ups, multiple choice with explanations, "
+                           "numeric questions in several seeded variants")
     p.add_argument("--kind", type=_kinds, default=None, metavar="KINDS",
                    help="comma-separated kinds: mcq, numeric, open (default: mcq,numeric; "
                         "--review: all three)")
@@ -82,7 +87,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "by line from stdin, so sessions can be scripted.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m minseg quiz --topic 06\n  python -m minseg quiz --random 5\n"
-               "  python -m minseg quiz --mock --random 2 --time 90\n  python -m minseg quiz --review")
+               "  python -m minseg quiz --mock --random 2 --time 90\n  python -m minseg quiz --review\n"
+               "  python -m minseg quiz --export-anki minseg.apkg")
     configure(p)
     p.set_defaults(func=run)
     return p
@@ -120,6 +126,13 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         args.topic = bank.topic(args.topic).id  # ValueError for an unknown topic
     if args.list:
         return _list(con, bank)
+    if args.export_anki:
+        from minseg.quiz.anki import export
+
+        counts = export(args.export_anki, bank, args.topic)
+        con.say(f"wrote {args.export_anki}: {counts['notes']} notes, {counts['cards']} cards in "
+                f"{counts['decks']} topic deck(s); import it in Anki with File > Import.")
+        return 0
     seed = args.seed if args.seed is not None else random.randrange(10**6)
     rng = random.Random(seed)
     scope = f"topic {args.topic} ({bank.topic(args.topic).title})" if args.topic else "all topics"
@@ -169,8 +182,11 @@ def _review(con: Console, bank: Bank, args: argparse.Namespace, rng: random.Rand
     failed: list[OSError] = []
 
     def record(card: Card, grade: float) -> None:
-        old, new, due = progress.record(card.id, grade, today)
-        con.say(f"  box {old or 'new'} -> {new}, next review {due}")
+        state = progress.record(card.id, grade, today)
+        days = (state.due.date() - today).days
+        when = "later today" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+        con.say(f"  next review {state.due.date()} ({when}; stability {state.stability:.1f} d, "
+                f"difficulty {state.difficulty:.1f})")
         try:  # after every answer, so that an interrupted session keeps what it did
             progress.save()
         except OSError as e:
@@ -179,8 +195,9 @@ def _review(con: Console, bank: Bank, args: argparse.Namespace, rng: random.Rand
             failed.append(e)
 
     score = run_cards(con, chosen, on_result=record)
-    boxes = progress.counts()
-    con.say("boxes: " + "  ".join(f"{b}:{n}" for b, n in boxes.items()) + f"  (of {len(ids)} cards)")
+    counts = progress.counts()
+    con.say("cards: " + ", ".join(f"{k} {n}" for k, n in counts.items())
+            + f" (FSRS states; {sum(counts.values())} of {len(ids)} cards seen)")
     return score
 
 

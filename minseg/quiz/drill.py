@@ -106,9 +106,16 @@ def show_card(con: Console, card: Card, number: str = "") -> None:
         con.wrap(f"{LETTERS[i]}) {option}", hang="   ")
 
 
+def read_more(card: Card) -> str:
+    """The line that points to the lesson section answering ``card``, e.g.
+    ``read more: lesson 06 · 1. IoU of one class (notebooks/06_miou.ipynb)``."""
+    return f"read more: {card.lesson.text}" if card.lesson else f"read more: {card.topic.lesson}"
+
+
 def ask_card(con: Console, card: Card) -> float | None:
-    """Ask one mcq/numeric card until the answer is valid; print the verdict and the
-    explanation. Returns 1.0, 0.0 (wrong or skipped with an empty line) or ``None`` to quit."""
+    """Ask one mcq/numeric card until the answer is valid; print the verdict, the explanation
+    and the lesson section to read. Returns 1.0, 0.0 (wrong or skipped with an empty line) or
+    ``None`` to quit."""
     prompt = "answer (letter)> " if card.kind == "mcq" else "answer (number)> "
     while True:
         text = con.read(prompt)
@@ -126,7 +133,7 @@ def ask_card(con: Console, card: Card) -> float | None:
                                                else "a number (0.4, 2/5 and 40% work)")
                 + "; try again, press Enter to skip or q to stop.")
     con.wrap(card.explanation, indent="  ")
-    con.say(f"  lesson: {card.topic.lesson}")
+    con.say(f"  {read_more(card)}")
     return 1.0 if ok else 0.0
 
 
@@ -146,8 +153,9 @@ def self_grade(con: Console) -> float | None:
 
 def ask_open(con: Console, card: Card, limit_s: float | None = None,
              clock: Callable[[], float] = time.monotonic) -> tuple[float | None, float]:
-    """An open card: wait for Enter (timed when ``limit_s`` is set), reveal the model answer,
-    then self-grade. Returns ``(grade or None to quit, seconds until Enter)``."""
+    """An open card: wait for Enter (timed when ``limit_s`` is set), reveal the model answer and
+    the lesson section to read, then self-grade. Returns ``(grade or None to quit, seconds until
+    Enter)``."""
     start = clock()
     text = con.read("answer aloud or on paper, then press Enter to see the model answer > ")
     took = clock() - start
@@ -158,7 +166,7 @@ def ask_open(con: Console, card: Card, limit_s: float | None = None,
         con.say(f"time: {took:.0f} s of {limit_s:.0f} s{over}")
     con.say("model answer:")
     con.wrap(card.explanation, indent="  ")
-    con.say(f"  lesson: {card.topic.lesson}")
+    con.say(f"  {read_more(card)}")
     return self_grade(con), took
 
 

@@ -2,14 +2,16 @@
 
 Each generator draws the question's numbers from a seeded ``random.Random`` (the same seed
 always gives the same question), builds the masks, layers or blocks with ``minseg``, runs them,
-and reads the answer off the result: nothing here is a typed-in answer. ``params`` records the
-drawn inputs so that a test can recompute the answer independently.
+and reads the answer off the result (the learning-curve items, for which ``minseg`` has no
+function, apply the formula their question states): nothing here is a typed-in answer.
+``params`` records the drawn inputs so that a test can recompute the answer independently.
 
 >>> item = generate("iou", seed=3)
 >>> print(item.question)          # two small masks drawn as text
 >>> item.check("0.4")             # True if within the tolerance
 
-Size: one job (computed quiz items) in about 500 lines, one short generator per topic.
+Size: one job (computed quiz items) in about 800 lines: one or two short generators for each
+of the 20 topics, and the drawing helpers they share.
 """
 from __future__ import annotations
 
@@ -523,3 +525,261 @@ def _tta_cost(rng: random.Random) -> Spec:
     e = (f"{'2 * ' if flip else ''}({' + '.join(f'{s}^2' for s in scales)}) = {cost:.2f}: each "
          "view costs its area, so up-scaled views dominate.")
     return q, cost, e, {"abs_tol": 0.006, "decimals": 2}, {"scales": list(scales), "flip": flip}
+
+
+# --------------------------------------------------------------------------------------------
+# what a label map is (lesson 01)
+# --------------------------------------------------------------------------------------------
+@_register("pixel_acc_void", "pixel accuracy with void pixels left out (minseg.metrics)")
+def _pixel_acc_void(rng: random.Random) -> Spec:
+    from minseg.metrics import confusion_matrix, scores_from_confusion
+
+    h, w = 4, 6
+    while True:
+        t = [[0] * w for _ in range(h)]
+        for cls in (1, 2):
+            r = _rect_mask(rng, h, w)
+            t = [[cls if r[i][j] else t[i][j] for j in range(w)] for i in range(h)]
+        p = [[v if rng.random() < 0.8 else rng.choice((0, 1, 2)) for v in row] for row in t]
+        for y, x in rng.sample([(i, j) for i in range(h) for j in range(w)], rng.randint(2, 4)):
+            t[y][x] = 255
+        mat = confusion_matrix(torch.tensor(p), torch.tensor(t), num_classes=3, ignore_index=255)
+        valid, right = int(mat.sum()), int(mat.trace())
+        if 0 < right < valid:
+            break
+    acc = scores_from_confusion(mat)["pixel_acc"]
+    q = ("3 classes (0-2), x = void (255) in the target. Pixel accuracy with the usual convention "
+         "(void pixels are not scored)? Three decimals.\n"
+         + _side_by_side(_grid(t, {255: "x"}), _grid(p), ("target", "prediction")))
+    e = (f"{h * w - valid} of the {h * w} pixels are void and leave the count, so {valid} are "
+         f"scored; the prediction is right on {right} of them: {right}/{valid} = {acc:.3f}. "
+         f"Scoring void as wrong would give {right}/{h * w} = {right / (h * w):.3f}: void marks "
+         "pixels whose label is uncertain (object outlines in VOC), so no prediction there counts.")
+    return q, acc, e, {"abs_tol": 0.0015, "decimals": 3}, {"target": t, "pred": p}
+
+
+# --------------------------------------------------------------------------------------------
+# labelling and data cost (lessons 14, 18)
+# --------------------------------------------------------------------------------------------
+_PRICED = ("full_mask", "polygon", "box_drawn", "box_extreme", "point", "tags")
+_UNIT = {"image": "per image", "object": "per object",
+         "class": "per class of the label set, per image"}
+
+
+def _label_plan(rng: random.Random) -> tuple[int, int, int, str]:
+    """A dataset to label: images, objects (a whole number per image on average x images),
+    classes of the label set, and the price list of :data:`_PRICED` as question text."""
+    from minseg.cost import LABEL_COSTS
+
+    n = rng.choice((500, 1000, 1464, 2000, 5000, 10000))
+    objects = int(n * rng.choice((1, 1.5, 2, 2.5, 3, 4)))
+    classes = rng.choice((19, 20, 80))
+    prices = "\n".join(f"    {k}: {LABEL_COSTS[k].seconds:g} s {_UNIT[LABEL_COSTS[k].unit]} "
+                       f"- {LABEL_COSTS[k].label}" for k in _PRICED)
+    plan = (f"A dataset of {n} images holding {objects} objects ({objects / n:g} per image on "
+            f"average), label set of {classes} classes. Published average labelling times "
+            f"(minseg.cost.LABEL_COSTS):\n{prices}\n")
+    return n, objects, classes, plan
+
+
+def _priced(kind: str, n: int, objects: int, classes: int, hours: float) -> str:
+    from minseg.cost import LABEL_COSTS
+
+    c = LABEL_COSTS[kind]
+    count = {"image": f"{n} images", "object": f"{objects} objects",
+             "class": f"{n} images x {classes} classes"}[c.unit]
+    return f"{kind}: {c.seconds:g} s x {count} / 3600 = {hours:.1f} h"
+
+
+@_register("label_hours", "hours to label a dataset one way (minseg.cost.annotation_hours)")
+def _label_hours(rng: random.Random) -> Spec:
+    from minseg.cost import annotation_hours
+
+    n, objects, classes, plan = _label_plan(rng)
+    kind = rng.choice(_PRICED)
+    hours = annotation_hours(n, objects, num_classes=classes, costs=_PRICED)
+    q = plan + f"How many hours does labelling the dataset with {kind} take? One decimal."
+    e = (_priced(kind, n, objects, classes, hours[kind]) + ". The unit decides the count: images, "
+         "objects, or one tag decision per class and image. All six: "
+         + ", ".join(f"{k} {v:.1f} h" for k, v in hours.items()) + ".")
+    return q, hours[kind], e, {"abs_tol": 0.05, "rel_tol": 0.006, "decimals": 1}, {
+        "n": n, "objects": objects, "classes": classes, "kind": kind}
+
+
+@_register("label_ratio", "hours of full labels / weak labels (minseg.cost.annotation_hours)")
+def _label_ratio(rng: random.Random) -> Spec:
+    from minseg.cost import annotation_hours
+
+    n, objects, classes, plan = _label_plan(rng)
+    full = rng.choice(("full_mask", "polygon"))
+    weak = rng.choice(("box_drawn", "box_extreme", "point", "tags"))
+    hours = annotation_hours(n, objects, num_classes=classes, costs=(full, weak))
+    ratio = hours[full] / hours[weak]
+    q = plan + (f"How many times longer does labelling with {full} take than with {weak}? "
+                "Two decimals.")
+    e = (_priced(full, n, objects, classes, hours[full]) + "; "
+         + _priced(weak, n, objects, classes, hours[weak]) + f"; ratio {ratio:.2f}. The number of "
+         "images cancels; what is left is the price per unit and the objects per image or the "
+         "classes. (The times come from different studies and interfaces: an order of magnitude.)")
+    return q, ratio, e, {"rel_tol": 0.006, "decimals": 2}, {
+        "n": n, "objects": objects, "classes": classes, "full": full, "weak": weak}
+
+
+def _learning_curve(rng: random.Random) -> tuple[int, int, float, float, float]:
+    """Two points of a curve mIoU = m1 + s * log2(n / n1): n2 is a whole number of doublings
+    of n1 and mIoU is in percent, on a half-point grid."""
+    n1 = rng.choice((100, 250, 500, 1000, 1464))
+    n2 = n1 * 2 ** rng.randint(1, 3)
+    m1 = rng.randint(70, 120) / 2
+    m2 = m1 + rng.choice((1.5, 2.0, 2.5, 3.0, 3.5, 4.0)) * math.log2(n2 / n1)
+    return n1, n2, m1, m2, (m2 - m1) / math.log2(n2 / n1)
+
+
+@_register("learning_curve_miou", "mIoU extrapolated on a curve linear in log2(images)")
+def _learning_curve_miou(rng: random.Random) -> Spec:
+    n1, n2, m1, m2, slope = _learning_curve(rng)
+    n3 = n2 * 2 ** rng.randint(1, 3)
+    m3 = m1 + slope * math.log2(n3 / n1)
+    q = (f"A model reaches {m1:.1f} mIoU with {n1} labelled images and {m2:.1f} with {n2}. If "
+         f"mIoU grows linearly in log2(number of images), what mIoU do you expect with {n3} "
+         "images? One decimal.")
+    e = (f"{n2}/{n1} = {n2 // n1} is {math.log2(n2 / n1):g} doublings for {m2 - m1:.1f} points: "
+         f"{slope:g} per doubling. {n3}/{n1} = {n3 // n1} is {math.log2(n3 / n1):g} doublings: "
+         f"{m1:.1f} + {math.log2(n3 / n1):g} x {slope:g} = {m3:.1f}. Each further fixed gain costs "
+         "twice the images of the one before.")
+    return q, m3, e, {"abs_tol": 0.051, "decimals": 1}, {
+        "n1": n1, "n2": n2, "n3": n3, "m1": m1, "m2": m2}
+
+
+@_register("learning_curve_hours", "labelling hours to a target mIoU on a log2 curve (minseg.cost)")
+def _learning_curve_hours(rng: random.Random) -> Spec:
+    from minseg.cost import LABEL_COSTS, annotation_hours
+
+    n1, n2, m1, m2, slope = _learning_curve(rng)
+    target = m2 + slope * rng.randint(1, 3)
+    needed = round(n1 * 2 ** ((target - m1) / slope))
+    hours = annotation_hours(needed - n2, 0, costs=["full_mask"])["full_mask"]
+    sec = LABEL_COSTS["full_mask"].seconds
+    q = (f"A model reaches {m1:.1f} mIoU with {n1} labelled images and {m2:.1f} with {n2}; "
+         f"mIoU grows linearly in log2(number of images). A full mask costs {sec:g} s per image "
+         f"(minseg.cost.LABEL_COSTS['full_mask']). How many more labelling hours, beyond the {n2} "
+         f"images you have, does {target:.1f} mIoU take? One decimal.")
+    e = (f"{slope:g} points per doubling (from the two points), so {target - m2:.1f} more points "
+         f"take {math.log2(needed / n2):g} more doublings: {n2} -> {needed} images, "
+         f"{needed - n2} new ones x {sec:g} s / 3600 = {hours:.1f} h.")
+    return q, hours, e, {"abs_tol": 0.05, "rel_tol": 0.005, "decimals": 1}, {
+        "n1": n1, "n2": n2, "m1": m1, "m2": m2, "target": target}
+
+
+# --------------------------------------------------------------------------------------------
+# dense CRF (lesson 16)
+# --------------------------------------------------------------------------------------------
+@_register("crf_potts_energy", "Potts energy of a 3x3 labelling, fully connected (minseg.crf)")
+def _crf_potts_energy(rng: random.Random) -> Spec:
+    from minseg.crf import _features
+
+    num_labels = rng.choice((2, 3))
+    while True:
+        labels = [[rng.randrange(num_labels) for _ in range(3)] for _ in range(3)]
+        if len({v for row in labels for v in row}) > 1:
+            break
+    w, theta = rng.choice((1, 2, 3)), rng.choice((1.0, 1.5, 2.0))
+    # minseg.crf's Gaussian (smoothness) kernel: features (x, y) / sxy, k = exp(-|f_i - f_j|^2 / 2)
+    f = _features(torch.zeros(3, 3, 3), theta, None, torch.float64, torch.device("cpu"))
+    k = torch.exp(-0.5 * torch.cdist(f, f, compute_mode="donot_use_mm_for_euclid_dist") ** 2)
+    lab = torch.tensor(labels).reshape(-1)
+    energy = float(w * (k * (lab[:, None] != lab[None, :])).triu(1).sum())
+    kern = {d2: math.exp(-d2 / (2 * theta ** 2)) for d2 in (1, 2, 4, 5, 8)}
+    cut = dict.fromkeys(kern, 0)
+    total = dict.fromkeys(kern, 0)
+    cells = [(i, j) for i in range(3) for j in range(3)]
+    for a, (yi, xi) in enumerate(cells):
+        for yj, xj in cells[a + 1:]:
+            d2 = (yi - yj) ** 2 + (xi - xj) ** 2
+            total[d2] += 1
+            cut[d2] += labels[yi][xi] != labels[yj][xj]
+    q = (f"Dense CRF with a Potts model on a 3x3 image: every one of the 36 pixel pairs i < j "
+         f"(fully connected, not only neighbours) pays w * exp(-|p_i - p_j|^2 / (2 theta^2)) when "
+         f"its two labels differ; p = (row, column), unit spacing, w = {w}, theta = {theta:g}. "
+         "Pairwise energy of this labelling? Two decimals. Kernel values by squared distance: "
+         + ", ".join(f"{d2}: {v:.4f}" for d2, v in kern.items()) + ".\n"
+         + "\n".join("    " + line for line in _grid(labels)))
+    e = ("Pairs with different labels by squared distance: "
+         + ", ".join(f"{d2}: {cut[d2]} of {total[d2]}" for d2 in kern)
+         + f". E = {w} x (" + " + ".join(f"{cut[d2]} x {kern[d2]:.4f}" for d2 in kern if cut[d2])
+         + f") = {energy:.2f}; the 4-neighbour pairs alone (a grid CRF) give "
+         f"{w * cut[1] * kern[1]:.2f}. minseg.crf's mean field uses this kernel normalised, "
+         "but the model's energy is this sum.")
+    params = {"labels": labels, "w": w, "theta": theta}
+    return q, energy, e, {"abs_tol": 0.012, "decimals": 2}, params
+
+
+# --------------------------------------------------------------------------------------------
+# transformers (lesson 19)
+# --------------------------------------------------------------------------------------------
+# SegFormer-B0's first three stages (arXiv:2105.15203): stride, channels, heads, reduction R
+_MIT_B0 = ((4, 32, 1, 8), (8, 64, 2, 4), (16, 160, 5, 2))
+
+
+def _attention_stage(rng: random.Random, allow_no_reduction: bool
+                     ) -> tuple[dict, torch.Tensor, int]:
+    """A B0 stage on a drawn image size, run through :func:`attention_weights` on the meta
+    device (shapes and FLOP counts, no memory): (params, attention weights, Q K^T multiply-adds)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from minseg.models.transformer import EfficientSelfAttention, attention_weights
+
+    H, W = rng.choice(((256, 256), (512, 512), (512, 1024), (1024, 1024)))
+    stage = rng.randrange(len(_MIT_B0))
+    stride, c, heads, r = _MIT_B0[stage]
+    if allow_no_reduction and rng.random() < 0.4:
+        r = 1
+    h, w = H // stride, W // stride
+    with torch.device("meta"):
+        attn = EfficientSelfAttention(c, heads, r)
+        x = torch.empty(1, h * w, c)
+    with FlopCounterMode(display=False) as fc:
+        weights, _ = attention_weights(attn, x, h, w)
+    # Q K^T is the only batched matmul in attention_weights: 2 FLOPs per multiply-add
+    macs = fc.get_flop_counts()["Global"][torch.ops.aten.bmm] // 2
+    params = {"H": H, "W": W, "stage": stage + 1, "stride": stride, "c": c, "heads": heads,
+              "r": r, "h": h, "w": w}
+    return params, weights, macs
+
+
+def _stage_text(P: dict) -> str:
+    red = (f"keys/values come from the map reduced R = {P['r']} times per side" if P["r"] > 1
+           else "no spatial reduction (R = 1: every token is a key)")
+    return (f"SegFormer-B0 stage {P['stage']} on a {P['H']}x{P['W']} image: {P['h']}x{P['w']} "
+            f"tokens (stride {P['stride']}), C = {P['c']} channels, {P['heads']} head(s), {red}.")
+
+
+@_register("attention_macs", "multiply-adds of Q K^T with reduction (minseg.models.transformer)")
+def _attention_macs(rng: random.Random) -> Spec:
+    P, weights, macs = _attention_stage(rng, allow_no_reduction=False)
+    n, nk = weights.shape[-2], weights.shape[-1]
+    q = (_stage_text(P) + " How many multiply-adds does Q K^T take for one image, all heads "
+         "together, in millions? One decimal.")
+    e = (f"N = {P['h']}x{P['w']} = {n} queries, ({P['h']}/{P['r']})x({P['w']}/{P['r']}) = {nk} "
+         "keys; each score is a dot product of C/heads numbers, so heads x N x Nk x C/heads = "
+         f"{n} x {nk} x {P['c']} = {macs / 1e6:.1f} M. Without reduction R^2 = {P['r'] ** 2} times "
+         f"more: {macs * P['r'] ** 2 / 1e6:.1f} M. (A FLOP counter reports twice these.)")
+    return q, macs / 1e6, e, {"abs_tol": 0.05, "rel_tol": 0.006, "decimals": 1}, P
+
+
+@_register("attention_memory", "memory of the attention matrix (minseg.models.transformer)")
+def _attention_memory(rng: random.Random) -> Spec:
+    P, weights, _ = _attention_stage(rng, allow_no_reduction=True)
+    mib = weights.numel() * weights.element_size() / 2 ** 20
+    n, nk = weights.shape[-2], weights.shape[-1]
+    q = (_stage_text(P) + " If the float32 attention probabilities softmax(Q K^T / sqrt(d)) of "
+         "all heads were stored for one image, how many MiB (2^20 bytes) would they take? One "
+         "decimal.")
+    e = (f"heads x N x Nk x 4 bytes = {P['heads']} x {n} x {nk} x 4 / 2^20 = {mib:.1f} MiB"
+         + (f"; without reduction {P['r'] ** 2} times more, {mib * P['r'] ** 2:.1f} MiB"
+            if P["r"] > 1
+            else f"; a reduction R = {_MIT_B0[P['stage'] - 1][3]} would divide it by "
+                 f"{_MIT_B0[P['stage'] - 1][3] ** 2}")
+         + ". Fused attention (F.scaled_dot_product_attention) never stores it, but attention "
+           "maps for pictures do.")
+    return q, mib, e, {"abs_tol": 0.05, "rel_tol": 0.006, "decimals": 1}, P
