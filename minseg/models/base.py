@@ -39,7 +39,7 @@ class ContextSegmenter(nn.Module):
 
     ``context`` maps the encoder's last feature map to the classifier's input; ``classifier``
     maps that to ``num_classes`` logits per cell. ``aux_head=True`` adds deep supervision as
-    PSPNet's auxiliary loss (arXiv:1612.01105, Sec. 3.4) and torchvision's ``aux_loss`` do: a
+    PSPNet's auxiliary loss (arXiv:1612.01105, Sec. 4) and torchvision's ``aux_loss`` do: a
     small classifier on the second-to-last encoder stage whose logits, in training mode only,
     come back as ``{"out": logits, "aux": [aux_logits]}`` for :func:`minseg.train.batch_loss`
     to add with its own weight. In eval mode the model returns the logits alone, and the

@@ -67,7 +67,8 @@ class PSPNet(ContextSegmenter):
     ``use_ppm=False`` replaces the pyramid by :class:`LocalContext` of the same size (lesson
     12). ``head_channels`` defaults to ``4 * width`` from scratch and 256 on a torchvision
     backbone (the paper uses 512 on ResNet-101). ``aux_head=True`` adds the paper's auxiliary
-    loss on the second-to-last stage (Sec. 3.4; weight 0.4 in :func:`minseg.train.fit`).
+    loss on the second-to-last stage (Sec. 4; its weight 0.4, Sec. 5.1, is
+    :func:`minseg.train.fit`'s default).
     ``encoder_blocks`` shapes the from-scratch encoder (see :class:`~minseg.models.DeepLabV3`).
     """
 
