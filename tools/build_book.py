@@ -120,7 +120,7 @@ def run_card(meta: dict, rows: list[dict], source: Path, profile: str) -> str:
                         if meta.get("torch") else ""))
     lines = [":::{admonition} How this page was made", f":class: {RUN_CARD_CLASS}", "",
              " · ".join(facts) + ".",
-             f"Reproduce it: `python tools/run_notebooks.py --profile {profile} "
+             f"Reproduce it: `python tools/run_notebooks.py --profile {profile} --update "
              f"notebooks/{source.name}`.", ""]
     if rows:
         lines += ["| claim | comparison | effect (95 % CI) | status |", "|---|---|---|---|"]
