@@ -2,7 +2,8 @@
 
 Commands:
   demo    train a small model on the built-in data, report mIoU, save a figure
-  data    generate the synthetic VOC-format set, or download Pascal VOC 2012 (opt-in)
+  data    generate the synthetic VOC-format set; download Pascal VOC 2012 or the backbones'
+          ImageNet weights (opt-in)
   train   train any registered model on synthetic data or VOC, with checkpoints
   eval    evaluate a checkpoint (optionally with multi-scale / flip test-time augmentation)
   quiz    interview drill: multiple choice, numeric and open questions, spaced repetition
@@ -76,6 +77,15 @@ def cmd_data(args) -> int:
     from minseg.config import profile
     from minseg.data import download_voc, make_synthetic_voc
 
+    if args.what == "weights":
+        from minseg.models.backbones import BACKBONES
+        from minseg.models.weights import fetch_weights
+
+        names = [b.strip() for b in (args.backbones or ",".join(BACKBONES)).split(",") if b.strip()]
+        bad = [b for b in names if b not in BACKBONES]
+        if bad:
+            raise SystemExit(f"unknown backbone(s) {', '.join(bad)}; valid: {', '.join(BACKBONES)}")
+        return 1 if fetch_weights(names) else 0
     if args.what == "voc":
         from minseg.config import data_dir
 
@@ -207,11 +217,26 @@ def cmd_eval(args) -> int:
     subset = [c for c in classes if c != "background"] if classes and tuple(classes) != VOC_CLASSES else None
     _, val_loader = _load_data(cfg, args.data, args.root, subset)
     scales = tuple(float(s) for s in args.scales.split(","))
+    if args.full_resolution or args.window:
+        # every image at its own size, one at a time (published VOC numbers are measured so)
+        from torch.utils.data import DataLoader
+
+        from minseg.data import VOCSegmentationDataset, eval_transforms
+
+        base = val_loader.dataset.source if hasattr(val_loader.dataset, "source") else val_loader.dataset
+        full = VOCSegmentationDataset(base.root, "val", classes=subset,   # the whole split
+                                      transforms=eval_transforms(None))
+        val_loader = DataLoader(full, batch_size=1, shuffle=False)
+        setting = ("full resolution, " + (f"sliding window {args.window} px (stride "
+                   f"{args.stride or (2 * args.window) // 3})" if args.window else "whole image"))
+    else:
+        setting = f"resized and centre-cropped to {cfg.image_size} px"
     res = evaluate(model, val_loader, val_loader.dataset.num_classes, device=cfg.device,
-                   scales=scales, flip=args.flip)
+                   scales=scales, flip=args.flip, window=args.window, stride=args.stride)
     names = val_loader.dataset.classes
     print(f"mIoU {res['miou']:.4f}  pixel acc {res['pixel_acc']:.4f}  mean Dice {res['mdice']:.4f}"
-          f"  ({res['time_s']:.1f}s, scales={scales}, flip={args.flip})")
+          f"  ({res['time_s']:.1f}s, {res['images']} images, {setting}, scales={scales}, "
+          f"flip={args.flip})")
     for name, iou in zip(names, res["iou"].tolist()):
         print(f"  {name:>12s}  IoU {iou:.4f}")
     return 0
@@ -247,11 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the figures and results.json")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("data", help="generate the synthetic set or download Pascal VOC",
+    p = sub.add_parser("data", help="generate the synthetic set; download Pascal VOC or weights",
                        description="`data synthetic` writes the built-in VOC-format dataset; "
                                    "`data voc` downloads Pascal VOC 2012 trainval (2 GB, md5 "
-                                   "checked, mirrors tried in turn).")
-    p.add_argument("what", choices=("synthetic", "voc"))
+                                   "checked, mirrors tried in turn); `data weights` fetches "
+                                   "torchvision's ImageNet weights of the backbones into its "
+                                   "cache (hash checked), or says where to put them offline.")
+    p.add_argument("what", choices=("synthetic", "voc", "weights"))
+    p.add_argument("--backbones", default=None,
+                   help="data weights: comma-separated backbones (default: all of them)")
     p.add_argument("--root", default=None, help="target folder (default: $MINSEG_DATA or ~/.cache/minseg)")
     _add_profile(p)
     p.add_argument("--num-train", type=int, default=None)
@@ -291,13 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint",
                        description="Evaluate a checkpoint written by `train` on the val split, "
-                                   "optionally with multi-scale and flip test-time augmentation.")
+                                   "optionally at full resolution (whole image or sliding "
+                                   "window) and with multi-scale and flip test-time "
+                                   "augmentation; the setting is printed next to the number.")
     p.add_argument("--checkpoint", required=True)
     _add_profile(p)
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
     p.add_argument("--root", default=None)
     p.add_argument("--scales", default="1.0", help="comma-separated, e.g. 0.75,1,1.25")
     p.add_argument("--flip", action="store_true", help="also average horizontally flipped inputs")
+    p.add_argument("--full-resolution", action="store_true",
+                   help="every val image of the split at its own size, whole (as published VOC "
+                        "numbers are measured), instead of resized and centre-cropped")
+    p.add_argument("--window", type=int, default=None, metavar="PX",
+                   help="full resolution by sliding PX x PX crops (e.g. the training crop size)")
+    p.add_argument("--stride", type=int, default=None, metavar="PX",
+                   help="--window: step between crops (default two thirds of the window)")
     p.set_defaults(func=cmd_eval)
     from minseg.quiz.cli import add_parser as _add_quiz
     _add_quiz(sub)

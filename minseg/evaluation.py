@@ -29,12 +29,14 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
              scales: Sequence[float] = (1.0,), flip: bool = False, amp: bool | None = None,
              progress: bool | None = None, loss: str | Callable | None = None,
-             channels_last: bool | None = None) -> dict:
+             channels_last: bool | None = None, window: int | None = None,
+             stride: int | None = None) -> dict:
     """Segmentation scores of ``model`` on ``data`` from one dataset-wide confusion matrix.
 
     ``data`` is a ``DataLoader`` (or any iterable) of ``(images N,3,H,W, masks N,H,W)`` batches,
     or a ``Dataset``. Pixels whose mask is 255 are ignored. With ``scales != (1.0,)`` or
-    ``flip`` the prediction is :func:`minseg.infer.predict`'s test-time augmentation.
+    ``flip`` the prediction is :func:`minseg.infer.predict`'s test-time augmentation; with
+    ``window`` each view runs as sliding-window crops (:func:`minseg.infer.sliding_logits`).
     Returns :meth:`minseg.metrics.ConfusionMatrix.compute`'s dict (``miou``, ``iou`` per class,
     ``pixel_acc``, ``mean_acc``, ``dice``, ``mdice``, ``fwiou``) plus ``confusion_matrix`` (the
     ``int64`` C x C tensor, rows = target), ``images`` and ``time_s``; plus ``loss`` (mean over
@@ -53,7 +55,7 @@ def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
     dtype = _amp_dtype(dev, amp)
     cl = dev.type == "cuda" if channels_last is None else channels_last
     fmt = torch.channels_last if cl else torch.contiguous_format
-    tta = tuple(scales) != (1.0,) or flip
+    tta = tuple(scales) != (1.0,) or flip or window is not None
     loss_fn = _resolve_loss(loss) if loss is not None and not tta else None
     if tta:
         from minseg.infer import predict
@@ -71,7 +73,8 @@ def evaluate(model: nn.Module, data, num_classes: int, *, device=None,
             images = images.to(dev, non_blocking=True, memory_format=fmt)
             masks = masks.to(dev, non_blocking=True)
             with _autocast(dev, dtype):
-                raw = predict(net, images, scales=tuple(scales), flip=flip) if tta else net(images)
+                raw = (predict(net, images, scales=tuple(scales), flip=flip, window=window,
+                               stride=stride) if tta else net(images))
             out = _logits(raw).float()
             if loss_fn is not None:
                 loss_sum += batch_loss(loss_fn, raw, masks, aux_weight=0.0).double() * images.shape[0]

@@ -44,8 +44,45 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def sliding_logits(model: nn.Module, x: torch.Tensor, window: int, stride: int | None = None
+                   ) -> torch.Tensor:
+    """Logits ``N,C,H,W`` of ``model`` run on ``window x window`` crops of ``x`` every
+    ``stride`` pixels (default two thirds of the window), averaged where crops overlap.
+
+    Sliding-window inference evaluates an image of any size at full resolution with the crop
+    size the model was trained on (MMSegmentation's ``mode="slide"``). An image smaller than
+    the window is zero-padded at the bottom and right (zero is the mean colour after ImageNet
+    normalisation); the padding never reaches the result, which is cropped back to ``H x W``.
+    The last row and column of crops are aligned to the border, so every pixel is covered.
+    """
+    if window < 1 or (stride is not None and not 1 <= stride <= window):
+        raise ValueError(f"need window >= 1 and 1 <= stride <= window, got {window}, {stride}")
+    stride = stride or max(1, (2 * window) // 3)
+    H, W = x.shape[-2:]
+    xp = F.pad(x, (0, max(0, window - W), 0, max(0, window - H)))   # left, right, top, bottom
+    Hp, Wp = xp.shape[-2:]
+
+    def starts(size: int) -> list[int]:
+        # stride steps, plus one crop flush with the far border
+        return sorted({*range(0, size - window + 1, stride), size - window})
+
+    total, count = None, torch.zeros(1, 1, Hp, Wp, device=x.device)
+    for y in starts(Hp):
+        for x0 in starts(Wp):
+            logits = _logits(model(xp[..., y:y + window, x0:x0 + window])).float()
+            if logits.shape[-2:] != (window, window):
+                logits = F.interpolate(logits, size=(window, window), mode="bilinear",
+                                       align_corners=False)
+            if total is None:
+                total = torch.zeros(x.shape[0], logits.shape[1], Hp, Wp, device=x.device)
+            total[..., y:y + window, x0:x0 + window] += logits
+            count[..., y:y + window, x0:x0 + window] += 1
+    return (total / count)[..., :H, :W]
+
+
 def _probs_one_batch(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...],
-                     flip: bool) -> torch.Tensor:
+                     flip: bool, window: int | None = None, stride: int | None = None
+                     ) -> torch.Tensor:
     H, W = x.shape[-2:]
     total, views = None, 0
     for s in scales:
@@ -53,7 +90,9 @@ def _probs_one_batch(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...
         # scale 1 is not resampled, so scales=(1,) gives exactly softmax(model(x))
         xs = x if size == (H, W) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for mirrored in ((False, True) if flip else (False,)):
-            logits = _logits(model(xs.flip(-1) if mirrored else xs))
+            view = xs.flip(-1) if mirrored else xs
+            logits = (sliding_logits(model, view, window, stride) if window
+                      else _logits(model(view)))
             if logits.ndim != 4 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"the model must return N,C,H,W logits; got shape "
                                  f"{tuple(logits.shape)} for input {tuple(xs.shape)}")
@@ -70,7 +109,8 @@ def _probs_one_batch(model: nn.Module, x: torch.Tensor, scales: tuple[float, ...
 
 
 def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1.0,),
-            flip: bool = False, batch_size: int | None = None) -> torch.Tensor:
+            flip: bool = False, batch_size: int | None = None, window: int | None = None,
+            stride: int | None = None) -> torch.Tensor:
     """Class probabilities ``N,C,H,W`` (float32) averaged over scales and horizontal flips.
 
     Test-time augmentation as in DeepLab (https://arxiv.org/abs/1606.00915): for each scale
@@ -79,7 +119,8 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     ``H x W`` the same way, and ``softmax`` probabilities are averaged with equal weights
     over every (scale, flip) view; with ``flip`` each view is also run on the mirrored image
     and its logits mirrored back. ``scales=(1.0,)`` and ``flip=False`` give exactly
-    ``softmax(model(images), 1)``.
+    ``softmax(model(images), 1)``. ``window``: run every view by :func:`sliding_logits`
+    (crops of ``window`` pixels every ``stride``) instead of whole.
 
     ``images``: a floating ``N,C,H,W`` tensor (normalised as for training). The model runs in
     eval mode under ``torch.no_grad()`` on its own device (the images are moved there), and
@@ -101,7 +142,8 @@ def predict(model: nn.Module, images: torch.Tensor, scales: Sequence[float] = (1
     model.eval()
     try:
         with torch.no_grad():
-            out = [_probs_one_batch(model, x.to(device), scales, flip).to(images.device)
+            out = [_probs_one_batch(model, x.to(device), scales, flip, window, stride)
+                   .to(images.device)
                    for x in images.split(chunk)]
     finally:
         model.train(was_training)

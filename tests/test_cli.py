@@ -76,6 +76,23 @@ def test_train_then_eval_checkpoint(tmp_path):
     out = run("eval", "--checkpoint", str(ckpt), "--scales", "0.75,1", "--flip", env=env)
     assert out.returncode == 0, out.stderr
     assert "mIoU" in out.stdout and "person" in out.stdout and "car" in out.stdout
+    out = run("eval", "--checkpoint", str(ckpt), "--window", "48", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "full resolution, sliding window 48 px (stride 32)" in out.stdout
+    out = run("eval", "--checkpoint", str(ckpt), "--full-resolution", env=env)
+    assert out.returncode == 0, out.stderr
+    assert "full resolution, whole image" in out.stdout
+
+
+def test_data_weights_offline_says_where_to_put_them(tmp_path):
+    out = run("data", "weights", "--backbones", "resnet18", timeout=120,
+              env={"TORCH_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9",
+                   "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert out.returncode == 1
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in out.stdout
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in out.stdout
+    bad = run("data", "weights", "--backbones", "vgg16")
+    assert bad.returncode != 0 and "unknown backbone" in bad.stderr
 
 
 def test_eval_missing_voc_explains(tmp_path):

@@ -282,31 +282,56 @@ def test_parameter_table_at_default_width(capsys):
         assert 2e5 < n < 3e6, f"{name} has {n:,} parameters at default width"
 
 
-def test_pretrained_only_when_asked(monkeypatch):
-    """No download in tests: a stand-in for torchvision's builder records what it was asked."""
+def test_pretrained_weights_come_from_torchvisions_cache_checked(tmp_path, monkeypatch):
+    """Offline: a state dict in torchvision's cache layout, built here from a randomly
+    initialised torchvision model, exercises the loading path; nothing downloads."""
     import torchvision
 
-    real = torchvision.models.resnet18
-    asked, nets = [], []
+    from minseg.models import weights as W
 
-    def fake(weights=None):
-        asked.append(weights)
-        if weights is not None and len(asked) > 2:
-            raise OSError("offline")
-        nets.append(real(weights=None))  # stands in for the pretrained network
-        nets[-1].rgb_filters = nets[-1].conv1.weight.detach().clone()
-        return nets[-1]
-
-    monkeypatch.setattr(torchvision.models, "resnet18", fake)
-    build_model("deeplabv3", 3, backbone="resnet18")
-    enc = torchvision_backbone("resnet18", pretrained=True, in_channels=1)
-    assert asked == [None, "DEFAULT"]
-    # A 1-channel input gets the mean of the RGB filters, rescaled.
-    conv, rgb = enc.stages[0][0], nets[-1].rgb_filters
-    assert conv.in_channels == 1
-    torch.testing.assert_close(conv.weight, rgb.mean(dim=1, keepdim=True) * 3)
-    with pytest.raises(RuntimeError, match="TORCH_HOME"):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    wf = W.weights_file("resnet18")
+    assert wf.path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(FileNotFoundError, match="python -m minseg data weights"):
         torchvision_backbone("resnet18", pretrained=True)
+    wf.path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    saved = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(saved, wf.path)
+    # its SHA-256 is not the one torchvision's file name promises: a clear error, no load
+    with pytest.raises(ValueError, match=r"resnet18-f37072fd\.pth is not torchvision's .*resnet18"):
+        torchvision_backbone("resnet18", pretrained=True)
+    # with the hash check satisfied, the file is what the encoder holds
+    monkeypatch.setattr(W, "_sha256", lambda path: wf.sha256 + "0" * 56)
+    enc = torchvision_backbone("resnet18", pretrained=True)
+    torch.testing.assert_close(enc.stages[0][0].weight, saved["conv1.weight"])
+    # a 1-channel input gets the mean of the RGB filters, rescaled
+    enc1 = torchvision_backbone("resnet18", pretrained=True, in_channels=1)
+    torch.testing.assert_close(enc1.stages[0][0].weight,
+                               saved["conv1.weight"].mean(dim=1, keepdim=True) * 3)
+    # another architecture's weights under this name: an error naming file and model
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), wf.path)
+    with pytest.raises(ValueError, match="does not hold weights for torchvision's resnet18"):
+        torchvision_backbone("resnet18", pretrained=True)
+
+
+def test_fetch_weights_offline_says_what_to_put_where(tmp_path, monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    from minseg.models.weights import fetch_weights, weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(self, *a, **k):
+        raise OSError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    said: list[str] = []
+    assert fetch_weights(["resnet18", "resnet50"], say=said.append) == 2
+    wf = weights_file("resnet50")
+    assert any(wf.url in line and str(wf.path) in line for line in said)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        weights_file("vgg16")
 
 
 def test_deeplab_aux_head_only_in_training():

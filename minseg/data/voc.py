@@ -191,16 +191,25 @@ class VOCSegmentationDataset(torch.utils.data.Dataset):
     def annotation_path(self, i: int) -> Path:
         return self.voc_dir / "Annotations" / f"{self.names[i]}.xml"
 
+    def _check_sizes(self, i: int, image_hw: tuple[int, int], mask_hw: tuple[int, int]) -> None:
+        # a mask that does not cover its image would silently score the wrong pixels
+        if tuple(image_hw) != tuple(mask_hw):
+            raise ValueError(f"{self.mask_path(i)} is {mask_hw[0]}x{mask_hw[1]} but its image "
+                             f"{self.image_path(i)} is {image_hw[0]}x{image_hw[1]} (H x W)")
+
     def raw(self, i: int) -> tuple[np.ndarray, torch.Tensor]:
         """The untransformed RGB ``uint8`` image ``H,W,3`` and the remapped mask ``H,W``."""
         with Image.open(self.image_path(i)) as im:
             img = np.array(im.convert("RGB"))
-        return img, self.lut[read_mask(self.mask_path(i))]
+        mask = self.lut[read_mask(self.mask_path(i))]
+        self._check_sizes(i, img.shape[:2], tuple(mask.shape))
+        return img, mask
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         with Image.open(self.image_path(i)) as im:
             image = tv_tensors.Image(TF.pil_to_tensor(im.convert("RGB")))
         mask = tv_tensors.Mask(self.lut[read_mask(self.mask_path(i))])
+        self._check_sizes(i, tuple(image.shape[-2:]), tuple(mask.shape[-2:]))
         image, mask = self.transforms(image, mask)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 

@@ -5,8 +5,9 @@ are returned together, with their channel counts and strides, so a decoder can p
 levels it needs (the last one for DeepLab/PSPNet, several for FCN-8s and U-Net).
 
 torchvision backbones (``resnet18/34/50``, ``mobilenet_v3_large``) are built with random
-weights unless ``pretrained=True``; only then are torchvision's ImageNet weights loaded (from
-the torch hub cache, downloading them if needed). Tests never ask for them.
+weights unless ``pretrained=True``; only then are torchvision's ImageNet weights loaded, from
+torchvision's cache and checked first (:mod:`minseg.models.weights`). Nothing downloads
+implicitly: ``python -m minseg data weights`` fetches them once.
 """
 from __future__ import annotations
 
@@ -44,32 +45,46 @@ class FeatureEncoder(nn.Module):
         return feats
 
 
-def dilate_(stage: nn.Module, rate: int) -> nn.Module:
+def dilate_(stage: nn.Module, rate: int, first_block_rate: int | None = None) -> nn.Module:
     """Turn a strided stage into a dilated one, in place: stride 2 -> 1, and every k x k conv
     (k > 1) gets dilation ``rate`` with matching padding, so the stage keeps its weights and
-    receptive field but not its downsampling (DeepLab's atrous trick, arXiv:1606.00915)."""
-    for m in stage.modules():
-        if isinstance(m, nn.Conv2d):
-            if m.stride != (1, 1):
-                m.stride = (1, 1)
-            k = m.kernel_size[0]
-            if k > 1:
-                m.dilation = (rate, rate)
-                m.padding = (rate * (k - 1) // 2, rate * (k - 1) // 2)
+    receptive field but not its downsampling (DeepLab's atrous trick, arXiv:1606.00915).
+
+    ``first_block_rate``: the rate of the stage's *first* residual block (``stage[0]``), the
+    one that used to stride. torchvision's ``replace_stride_with_dilation`` gives it the
+    previous stage's rate and only the later blocks the new one; DeepLab's and PSPNet's
+    pretrained ResNets are built that way, so :func:`torchvision_backbone` passes it. ``None``
+    (the from-scratch encoder, one block per stage) dilates every block by ``rate``.
+    """
+    blocks = list(stage.children()) if first_block_rate is not None else [stage]
+    for i, block in enumerate(blocks):
+        r = first_block_rate if (first_block_rate is not None and i == 0) else rate
+        for m in block.modules():
+            if isinstance(m, nn.Conv2d):
+                if m.stride != (1, 1):
+                    m.stride = (1, 1)
+                k = m.kernel_size[0]
+                if k > 1:
+                    m.dilation = (r, r)
+                    m.padding = (r * (k - 1) // 2, r * (k - 1) // 2)
     return stage
 
 
 def _apply_output_stride(stages: list[nn.Module], strides: list[int],
-                         output_stride: int | None) -> list[int]:
-    """Dilate every stage whose stride would exceed ``output_stride``; return the new strides."""
+                         output_stride: int | None, torchvision_rule: bool = False) -> list[int]:
+    """Dilate every stage whose stride would exceed ``output_stride``; return the new strides.
+    ``torchvision_rule``: each dilated stage's first block keeps the previous stage's rate
+    (see :func:`dilate_`)."""
     if output_stride is None:
         return strides
     if output_stride not in strides:
         raise ValueError(f"output_stride must be one of {sorted(set(strides))}, got {output_stride}")
-    new = []
+    new, previous = [], 1
     for stage, s in zip(stages, strides):
         if s > output_stride:
-            dilate_(stage, s // output_stride)
+            rate = s // output_stride
+            dilate_(stage, rate, previous if torchvision_rule else None)
+            previous = rate
         new.append(min(s, output_stride))
     return new
 
@@ -116,16 +131,12 @@ def _replace_first_conv(conv: nn.Conv2d, in_channels: int, pretrained: bool) -> 
 def _torchvision_model(name: str, pretrained: bool) -> nn.Module:
     import torchvision
 
-    builder = getattr(torchvision.models, name)
-    if not pretrained:
-        return builder(weights=None)
-    try:
-        return builder(weights="DEFAULT")
-    except Exception as e:  # offline, no cache, corrupt file...
-        raise RuntimeError(
-            f"could not load torchvision's pretrained weights for {name} ({e}). They are "
-            f"downloaded once into $TORCH_HOME/hub/checkpoints (~/.cache/torch by default); "
-            f"copy them there when offline, or use pretrained=False") from e
+    from minseg.models.weights import load_checked
+
+    net = getattr(torchvision.models, name)(weights=None)
+    if pretrained:   # from torchvision's cache, checked; never a download
+        load_checked(name, net)
+    return net
 
 
 def torchvision_backbone(name: str, pretrained: bool = False, in_channels: int = 3,
@@ -159,7 +170,11 @@ def torchvision_backbone(name: str, pretrained: bool = False, in_channels: int =
         # A stage's channels are those of its last conv (the projection of its last block).
         chans = [[m for m in st.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
                  for st in stages]
-    strides = _apply_output_stride(stages, [2, 4, 8, 16, 32], output_stride)
+    # ResNets dilate as torchvision's replace_stride_with_dilation does (the first block of a
+    # dilated layer keeps the previous rate), so pretrained weights see the network they were
+    # trained in, as DeepLab and PSPNet use it; MobileNetV3's blocks are not residual layers.
+    strides = _apply_output_stride(stages, [2, 4, 8, 16, 32], output_stride,
+                                   torchvision_rule=name.startswith("resnet"))
     return FeatureEncoder(stages, chans, strides)
 
 
