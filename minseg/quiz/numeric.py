@@ -172,17 +172,24 @@ def _dice(rng: random.Random) -> Spec:
     return q, d, e, {"abs_tol": 0.0015, "decimals": 3}, {"target": t, "pred": p}
 
 
+def _two_class_maps(rng: random.Random, h: int, w: int, keep: float) -> tuple[list, list]:
+    """A target with two rectangles (classes 1 and 2) on background, and a prediction that
+    keeps each pixel's class with probability ``keep`` and draws one of 0, 1, 2 otherwise."""
+    t = [[0] * w for _ in range(h)]
+    for cls in (1, 2):
+        r = _rect_mask(rng, h, w)
+        t = [[cls if r[i][j] else t[i][j] for j in range(w)] for i in range(h)]
+    p = [[v if rng.random() < keep else rng.choice((0, 1, 2)) for v in row] for row in t]
+    return t, p
+
+
 @_register("miou", "mIoU of a 4-class map with a void pixel and an absent class (minseg.metrics)")
 def _miou(rng: random.Random) -> Spec:
     from minseg.metrics import confusion_matrix, scores_from_confusion
 
     h, w = 4, 6
     while True:
-        t = [[0] * w for _ in range(h)]
-        for cls in (1, 2):
-            r = _rect_mask(rng, h, w)
-            t = [[cls if r[i][j] else t[i][j] for j in range(w)] for i in range(h)]
-        p = [[v if rng.random() < 0.75 else rng.choice((0, 1, 2)) for v in row] for row in t]
+        t, p = _two_class_maps(rng, h, w, keep=0.75)
         vy, vx = rng.randrange(h), rng.randrange(w)
         t[vy][vx] = 255
         if {v for row in t for v in row} >= {0, 1, 2, 255}:
@@ -536,11 +543,7 @@ def _pixel_acc_void(rng: random.Random) -> Spec:
 
     h, w = 4, 6
     while True:
-        t = [[0] * w for _ in range(h)]
-        for cls in (1, 2):
-            r = _rect_mask(rng, h, w)
-            t = [[cls if r[i][j] else t[i][j] for j in range(w)] for i in range(h)]
-        p = [[v if rng.random() < 0.8 else rng.choice((0, 1, 2)) for v in row] for row in t]
+        t, p = _two_class_maps(rng, h, w, keep=0.8)
         for y, x in rng.sample([(i, j) for i in range(h) for j in range(w)], rng.randint(2, 4)):
             t[y][x] = 255
         mat = confusion_matrix(torch.tensor(p), torch.tensor(t), num_classes=3, ignore_index=255)

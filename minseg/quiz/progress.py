@@ -206,25 +206,26 @@ def load_progress(path: str | Path | None = None, say: Callable[[str], None] = p
         return Progress(p, raw["items"])
     if problem is None:   # format 1: Leitner boxes
         progress = Progress(p, migrate_leitner(raw["items"]))
-        try:
-            os.replace(p, p.with_name(p.name + ".leitner"))
-            progress.save()
-            say(f"note: progress file {p} used Leitner boxes (format 1); migrated its "
-                f"{len(raw['items'])} card(s) to FSRS, the old file kept as {p.name}.leitner.")
-        except OSError as e:
-            say(f"note: progress file {p} uses Leitner boxes; migrated in memory but could not "
-                f"be rewritten ({e}); this session's progress will not be saved.")
-            progress.path = None
-        return progress
-    backup = p.with_name(p.name + ".corrupt")
-    progress = Progress(p)
+        return _replace(p, ".leitner", progress, say,
+                        f"note: progress file {p} used Leitner boxes (format 1); migrated its "
+                        f"{len(raw['items'])} card(s) to FSRS, the old file kept as "
+                        f"{p.name}.leitner.",
+                        f"note: progress file {p} uses Leitner boxes; migrated in memory but")
+    return _replace(p, ".corrupt", Progress(p), say,
+                    f"warning: progress file {p} is corrupted ({problem}); kept it as "
+                    f"{p.name}.corrupt and started a new one.",
+                    f"warning: progress file {p} is corrupted ({problem}) and")
+
+
+def _replace(p: Path, suffix: str, progress: Progress, say: Callable[[str], None], done: str,
+             failed: str) -> Progress:
+    """Keep the old file as ``<name><suffix>``, save ``progress`` in its place and say ``done``
+    in one line; if the file cannot be moved or written, say so and keep going unsaved."""
     try:
-        os.replace(p, backup)
+        os.replace(p, p.with_name(p.name + suffix))
         progress.save()
-        say(f"warning: progress file {p} is corrupted ({problem}); kept it as {backup.name} "
-            f"and started a new one.")
+        say(done)
     except OSError as e:
-        say(f"warning: progress file {p} is corrupted ({problem}) and could not be replaced "
-            f"({e}); this session's progress will not be saved.")
+        say(f"{failed} could not be replaced ({e}); this session's progress will not be saved.")
         progress.path = None
     return progress
