@@ -14,6 +14,7 @@ these copies instead of executing every lesson a second time.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from collections import defaultdict
@@ -42,11 +43,17 @@ def _is_lesson(path: Path) -> bool:
     return path.suffix == ".ipynb" and path.parent == ROOT / "notebooks" and path.name[:2].isdigit()
 
 
-def _run_metadata(wall_s: float, status: str) -> dict:
+@functools.cache
+def _run_notebooks():
+    """tools/run_notebooks.py as a module, loaded once (it owns the executed-copy metadata)."""
     spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.run_metadata(wall_s, status, executor="nbval (pytest)")
+    return module
+
+
+def _run_metadata(wall_s: float, status: str) -> dict:
+    return _run_notebooks().run_metadata(wall_s, status, executor="nbval (pytest)")
 
 
 def pytest_runtest_setup(item):

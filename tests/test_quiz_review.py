@@ -16,25 +16,14 @@ from minseg.quiz.anki import export, to_anki_html
 from minseg.quiz.bank import load_bank
 from minseg.quiz.cli import main, review_cards
 from minseg.quiz.progress import FORMAT, load_progress, migrate_leitner, rating_for
-
-
-def _run(argv, answers: str) -> tuple[int, str]:
-    out = io.StringIO()
-    code = main(argv, stdin=io.StringIO(answers), stdout=out)
-    return code, out.getvalue()
-
-
-def _answer(card, right: bool) -> str:
-    if card.kind == "mcq":
-        return "abcdefgh"[card.correct if right else (card.correct + 1) % len(card.options)]
-    return card.numeric.answer_text if right else "-12345"
+from test_quiz import _correct, _run, _wrong   # the scripted-session helpers
 
 
 def session(path, day: dt.date, grades: list[int], topic="07", kinds="mcq"):
     """One review session on ``day``, answering right (1) or wrong (0) in order."""
     cards, _, _ = review_cards(load_bank(), load_progress(path), topic, tuple(kinds.split(",")),
                                10, day, random.Random(1))
-    answers = [_answer(c, bool(g)) for c, g in zip(cards, grades)]
+    answers = [_correct(c) if g else _wrong(c) for c, g in zip(cards, grades)]
     code, out = _run(["--review", "--topic", topic, "--kind", kinds, "--progress", str(path),
                       "--seed", "1", "--today", day.isoformat()], "\n".join(answers) + "\n")
     assert code == 0, out
