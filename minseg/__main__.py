@@ -2,8 +2,8 @@
 
 Commands:
   demo    train a small model on the built-in data, report mIoU, save a figure
-  data    generate the synthetic VOC-format set; download Pascal VOC 2012 or the backbones'
-          ImageNet weights (opt-in)
+  data    generate the synthetic VOC-format set; download Pascal VOC 2012, SBD (train_aug) or
+          the backbones' ImageNet weights (opt-in)
   train   train any registered model on synthetic data or VOC, with checkpoints
   eval    evaluate a checkpoint (optionally with multi-scale / flip test-time augmentation)
   quiz    interview drill: multiple choice, numeric and open questions, spaced repetition
@@ -15,6 +15,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+
+TRAIN_LR = 3e-3   # `train`'s AdamW learning rate from scratch
 
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
@@ -60,7 +63,8 @@ def _model_kwargs(text: str) -> dict:
     return kwargs
 
 
-def _load_data(cfg, data: str, root: str | None, classes, batch_size=None, augment=True):
+def _load_data(cfg, data: str, root: str | None, classes, batch_size=None, augment=True,
+               split: str = "train"):
     from minseg.data import build_loaders, data_root, find_voc
 
     if data == "voc":
@@ -70,7 +74,8 @@ def _load_data(cfg, data: str, root: str | None, classes, batch_size=None, augme
                              "--root DIR` and set MINSEG_DATA=DIR, or pass --root DIR.")
     elif root is None:
         root = data_root(cfg.replace(data="synthetic"))
-    return build_loaders(cfg, root=root, classes=classes, batch_size=batch_size, augment=augment)
+    return build_loaders(cfg, root=root, classes=classes, batch_size=batch_size, augment=augment,
+                         split=split)
 
 
 def cmd_data(args) -> int:
@@ -93,6 +98,22 @@ def cmd_data(args) -> int:
         print(f"downloading Pascal VOC 2012 trainval (about 2 GB) into {root}")
         download_voc(root)
         print(f"done: {root}/VOCdevkit/VOC2012 (set MINSEG_DATA={root} to use it)")
+        return 0
+    if args.what == "sbd":
+        from minseg.config import data_dir
+        from minseg.data.download import DownloadError
+        from minseg.data.sbd import SBD, check_voc_for_sbd, download_sbd, make_train_aug
+
+        root = Path(args.root) if args.root else data_dir()
+        check_voc_for_sbd(root)  # before downloading 1.4 GB that could not be used
+        print(f"downloading SBD (about {SBD['size_gb']} GB) into {root / 'benchmark_RELEASE'}")
+        try:
+            download_sbd(root)
+        except DownloadError as e:
+            raise SystemExit(f"error: {e}") from None
+        voc = make_train_aug(root, root)
+        print(f"done: VOCSegmentationDataset({str(root)!r}, 'train_aug') reads "
+              f"{voc / 'ImageSets/Segmentation/train_aug.txt'}")
         return 0
     cfg = profile(args.profile)
     t0 = time.perf_counter()
@@ -178,6 +199,7 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from minseg.config import profile, seed_everything
     from minseg.models import build_model, count_parameters
+    from minseg.models.weights import starting_point
     from minseg.train import fit
 
     cfg = profile(args.profile)
@@ -185,17 +207,24 @@ def cmd_train(args) -> int:
         cfg = cfg.replace(image_size=args.image_size)
     print(cfg)
     train_loader, val_loader = _load_data(cfg, args.data, args.root, _parse_classes(args.classes),
-                                          args.batch_size)
+                                          args.batch_size, split=args.split)
     num_classes = train_loader.dataset.num_classes
     seed_everything(args.seed)
     kwargs = args.model_kwargs or {}
     kwargs.setdefault("width", cfg.width)
+    lr = args.lr
+    if "backbone" not in kwargs and "pretrained" not in kwargs:
+        # the profile's policy (ImageNet weights on gpu when present); explicit kwargs win
+        start = starting_point(cfg, args.model)
+        kwargs.update(start.kwargs)
+        lr = lr if lr is not None else start.lr(TRAIN_LR)
+    lr = lr if lr is not None else TRAIN_LR
     model = build_model(args.model, num_classes, **kwargs)
     print(f"model {args.model} ({count_parameters(model) / 1e6:.2f} M parameters), "
-          f"{num_classes} classes: {', '.join(train_loader.dataset.classes)}")
+          f"{num_classes} classes: {', '.join(train_loader.dataset.classes)}; lr {lr:g}")
     history = fit(model, train_loader, val_loader, num_classes=num_classes,
                   epochs=args.epochs, max_steps=args.steps or (None if args.epochs else cfg.steps),
-                  loss=args.loss, optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
+                  loss=args.loss, optimizer=args.optimizer, lr=lr, schedule=args.schedule,
                   device=cfg.device, amp=cfg.amp or None, channels_last=cfg.channels_last or None,
                   seed=args.seed, checkpoint_dir=args.out, resume=args.resume,
                   time_budget_s=args.budget)
@@ -272,13 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the figures and results.json")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("data", help="generate the synthetic set; download Pascal VOC or weights",
+    p = sub.add_parser("data", help="generate the synthetic set; download Pascal VOC, SBD or weights",
                        description="`data synthetic` writes the built-in VOC-format dataset; "
                                    "`data voc` downloads Pascal VOC 2012 trainval (2 GB, md5 "
-                                   "checked, mirrors tried in turn); `data weights` fetches "
+                                   "checked, mirrors tried in turn); `data sbd` (after `data "
+                                   "voc`, same --root) downloads SBD (1.4 GB, md5 checked) into "
+                                   "ROOT/benchmark_RELEASE and writes VOC's 10,582-image "
+                                   "train_aug split; `data weights` fetches "
                                    "torchvision's ImageNet weights of the backbones into its "
                                    "cache (hash checked), or says where to put them offline.")
-    p.add_argument("what", choices=("synthetic", "voc", "weights"))
+    p.add_argument("what", choices=("synthetic", "voc", "sbd", "weights"))
     p.add_argument("--backbones", default=None,
                    help="data weights: comma-separated backbones (default: all of them)")
     p.add_argument("--root", default=None, help="target folder (default: $MINSEG_DATA or ~/.cache/minseg)")
@@ -301,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("synthetic", "voc"), default="synthetic")
     p.add_argument("--root", default=None, help="folder containing VOCdevkit (default: auto)")
     p.add_argument("--classes", default=None, help="comma-separated VOC class subset, e.g. person,car")
+    p.add_argument("--split", choices=("train", "train_aug"), default="train",
+                   help="training split; train_aug (10,582 images, the published setting) needs "
+                        "`python -m minseg data sbd` first")
     p.add_argument("--steps", "--max-steps", type=int, default=None,
                    help="optimizer steps (default: the profile's steps)")
     p.add_argument("--epochs", type=int, default=None, help="stop after this many epochs")
@@ -309,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="ce", choices=_registry("losses"),
                    help="a loss from minseg.losses.LOSSES: %(choices)s")
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"learning rate (default: {TRAIN_LR:g} from scratch; "
+                        f"minseg.models.weights.FINETUNE_LR when the gpu profile starts the "
+                        f"encoder from ImageNet weights)")
     p.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
     p.add_argument("--budget", type=float, default=None,
                    help="safety cap: stop after this many seconds even if steps remain")

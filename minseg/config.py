@@ -33,6 +33,9 @@ class Profile:
     budget of one training run; ``time_budget_s`` only a wall-clock safety cap on it. ``seeds``
     is how many seeds a lesson's comparison trains each variant with (see
     :func:`minseg.experiment.compare`): one proves the code runs, three give an interval.
+    ``backbone`` names the torchvision backbone whose ImageNet weights a lesson's encoder starts
+    from where the lesson is not about training from scratch (``None``: every model starts from
+    random weights); see :func:`minseg.models.weights.starting_point` and ``MINSEG_PRETRAINED``.
     """
 
     name: str
@@ -50,6 +53,7 @@ class Profile:
     num_workers: int
     seed: int = 0
     seeds: int = 1
+    backbone: str | None = None
 
     def __str__(self) -> str:
         fields = ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k != "name")
@@ -72,10 +76,12 @@ def _base_profiles(dev: str) -> dict[str, Profile]:
                        batch_size=16, steps=300, time_budget_s=300.0, width=16, amp=False,
                        channels_last=False, num_workers=0, seeds=3),
         # A CUDA GPU: real VOC 2012 when present (else a larger synthetic set), AMP.
-        # 3,600 steps of 16 images: about 40 epochs of VOC's 1,464 training images.
+        # 3,600 steps of 16 images: about 40 epochs of VOC's 1,464 training images. Models that
+        # can take a torchvision encoder start from an ImageNet-pretrained ResNet-50, as the
+        # published VOC numbers do (from scratch when the weights are absent).
         "gpu": Profile("gpu", dev, "voc", image_size=320, num_train=1464, num_val=500,
                        batch_size=16, steps=3600, time_budget_s=1800.0, width=32, amp=True,
-                       channels_last=True, num_workers=4, seeds=3),
+                       channels_last=True, num_workers=4, seeds=3, backbone="resnet50"),
     }
 
 

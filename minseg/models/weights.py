@@ -9,17 +9,34 @@ put where. :func:`check_weights_file` runs before every pretrained build
 first hex digits of its SHA-256 (``resnet50-11ad3fa6.pth``), so a truncated or foreign file is
 caught with an error naming the file and the model, instead of failing deep inside
 ``load_state_dict`` (or worse, not failing).
+
+:func:`starting_point` is the policy a lesson or ``train`` asks: does this model start from
+ImageNet weights under this profile? Only where the profile names a backbone (``gpu``), the
+model can take one, ``MINSEG_PRETRAINED`` is not ``0`` and the weights are in the cache; it
+prints which it chose and why.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-__all__ = ["WeightsFile", "weights_file", "check_weights_file", "fetch_weights"]
+__all__ = ["WeightsFile", "weights_file", "check_weights_file", "fetch_weights", "StartingPoint",
+           "starting_point", "pretrained_enabled", "PRETRAINED_ENV", "BACKBONE_MODELS",
+           "FINETUNE_LR"]
+
+PRETRAINED_ENV = "MINSEG_PRETRAINED"
+BACKBONE_MODELS = ("deeplabv3", "pspnet", "unet")
+"""The registered models whose encoder can be a torchvision backbone (the others build their own)."""
+FINETUNE_LR = 1e-4
+"""AdamW learning rate for a model whose encoder starts from ImageNet weights: a tenth or less
+of the from-scratch rates the lessons use, so that the first steps, driven by a random head, do
+not wash out the pretrained features (SegFormer fine-tunes with 6e-5, arXiv:2105.15203)."""
 
 _HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})\.")
 
@@ -121,3 +138,79 @@ def fetch_weights(backbones: list[str], say=print) -> int:
             say(f"{b}: {e}")
             missing += 1
     return missing
+
+
+def pretrained_enabled() -> bool:
+    """``$MINSEG_PRETRAINED``: unset, ``1``/``true``/``yes``/``on`` allow ImageNet weights where a
+    profile asks for them; ``0``/``false``/``no``/``off`` train every model from scratch.
+    Anything else is an error naming the variable."""
+    value = os.environ.get(PRETRAINED_ENV, "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{PRETRAINED_ENV}={value!r}: expected 0 (train from scratch) or 1")
+
+
+@dataclass(frozen=True)
+class StartingPoint:
+    """Where a model's weights start: ``backbone`` with its checked ImageNet ``weights``, or from
+    scratch (both ``None``: the model's own encoder, randomly initialised).
+
+    ``kwargs`` go to :func:`minseg.models.build_model`; :meth:`lr` picks the learning rate.
+    """
+
+    model: str
+    backbone: str | None = None
+    weights: WeightsFile | None = None
+    reason: str = "the profile trains from scratch"
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights is not None
+
+    @property
+    def kwargs(self) -> dict:
+        return {"backbone": self.backbone, "pretrained": True} if self.pretrained else {}
+
+    def lr(self, scratch_lr: float) -> float:
+        """``scratch_lr`` from scratch, :data:`FINETUNE_LR` when fine-tuning ImageNet weights."""
+        return FINETUNE_LR if self.pretrained else scratch_lr
+
+    def __str__(self) -> str:
+        if self.pretrained:
+            return (f"{self.model} starts from torchvision's ImageNet-pretrained {self.backbone} "
+                    f"({self.weights.weights}, {self.weights.path}); {PRETRAINED_ENV}=0 trains it "
+                    f"from scratch")
+        return f"{self.model} trains from scratch: {self.reason}"
+
+
+def starting_point(cfg, model: str, say: Callable[[str], None] | None = print) -> StartingPoint:
+    """Whether ``model`` starts from ImageNet weights under profile ``cfg``, said once.
+
+    Pretrained only when all hold: the profile names a backbone (``gpu``: ResNet-50; ``smoke``
+    and ``cpu`` teach from scratch and say nothing), ``model`` can take a torchvision encoder
+    (:data:`BACKBONE_MODELS`), ``$MINSEG_PRETRAINED`` is not 0, and the weights are in
+    torchvision's cache. Absent weights fall back to the model's own from-scratch encoder with
+    a notice saying how to fetch them; a file that fails its hash check is an error, never a
+    silent fallback.
+    """
+    backbone = getattr(cfg, "backbone", None)
+    if backbone is None:
+        return StartingPoint(model)
+    if model not in BACKBONE_MODELS:
+        point = StartingPoint(model, reason=f"it has its own encoder (models that can start from "
+                                            f"{backbone}: {', '.join(BACKBONE_MODELS)})")
+    elif not pretrained_enabled():
+        point = StartingPoint(model, reason=f"{PRETRAINED_ENV}=0")
+    else:
+        wf = weights_file(backbone)
+        if wf.present:
+            point = StartingPoint(model, backbone, check_weights_file(backbone))
+        else:
+            point = StartingPoint(model, reason=(
+                f"no ImageNet weights for {backbone} at {wf.path} (fetch them with `python -m "
+                f"minseg data weights --backbones {backbone}`); its own encoder is used instead"))
+    if say is not None:
+        say(f"[profile {cfg.name}] {point}")
+    return point
