@@ -63,7 +63,7 @@ def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
                   others: str = "background", augment: bool | BatchAugment = True,
                   train_limit: int | None = None, val_limit: int | None = None,
                   batch_size: int | None = None, seed: int | None = None,
-                  scene: SceneOptions | None = None):
+                  scene: SceneOptions | None = None, split: str = "train"):
     """``(train, val)`` :class:`TensorLoader` s for a profile, on its device.
 
     Both splits are decoded once at the profile's ``image_size`` and cached
@@ -73,14 +73,17 @@ def build_loaders(cfg=None, *, root=None, classes: Sequence[str] | None = None,
     Validation batches come in order, unaugmented. ``seed`` (default: the profile's) seeds the
     order and the augmentation when the loader is iterated directly; :func:`minseg.train.fit`
     replaces it with its own ``seed``. ``scene`` chooses the synthetic scenes
-    (:class:`SceneOptions`) when ``root`` is not given.
+    (:class:`SceneOptions`) when ``root`` is not given. ``split`` is the training split:
+    ``"train"`` (at most the profile's ``num_train`` images) or, on real VOC, ``"train_aug"``
+    (all 10,582 images unless ``train_limit`` says otherwise; see :mod:`minseg.data.sbd`).
     """
     from minseg.config import profile
 
     cfg = cfg or profile()
     root = root or data_root(cfg, scene)
     common = dict(size=cfg.image_size, classes=classes, others=others)
-    train = decoded_split(root, "train", limit=train_limit or cfg.num_train, **common)
+    limit = train_limit or (cfg.num_train if split == "train" else None)
+    train = decoded_split(root, split, limit=limit, **common)
     val = decoded_split(root, "val", limit=val_limit or cfg.num_val, **common)
     bs = batch_size or cfg.batch_size
     device = cfg.device if str(cfg.device).startswith("cuda") else None

@@ -238,7 +238,7 @@ def decoded_split(root: str | os.PathLike, split: str = "train", *, size: int,
     """
     if not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an int >= 8 pixels, got {size!r}")
-    fit = fit or ("pad" if split == "train" else "crop")
+    fit = fit or ("crop" if split == "val" else "pad")   # training splits keep whole images
     if fit not in FITS:
         raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
     source = VOCSegmentationDataset(root, split, classes=classes, others=others, limit=limit,

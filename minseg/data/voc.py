@@ -49,6 +49,11 @@ VOC_PALETTE: np.ndarray = voc_colormap(256)
 
 
 _REQUIRED = ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
+STANDARD_SPLITS = ("train", "val", "trainval")
+"""The splits VOC ships; others (``train_aug``, written by :mod:`minseg.data.sbd`) are read
+from their split file."""
+MASK_DIRS = {"train_aug": "SegmentationClassAug"}
+"""Splits whose masks live outside ``SegmentationClass``."""
 
 
 def check_voc_tree(root: str | os.PathLike, split: str = "train", year: str = "2012") -> Path:
@@ -69,10 +74,26 @@ def check_voc_tree(root: str | os.PathLike, split: str = "train", year: str = "2
         if not (voc / sub).is_dir():
             raise FileNotFoundError(f"incomplete VOC tree: missing {voc / sub}; {fix}")
     split_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
+    hint = f"; build it with `python -m minseg data sbd --root {root}`" if split == "train_aug" else ""
     if not split_file.is_file():
         have = sorted(p.stem for p in split_file.parent.glob("*.txt"))
-        raise FileNotFoundError(f"missing split file {split_file} (splits present: {have})")
+        raise FileNotFoundError(f"missing split file {split_file} (splits present: {have}){hint}")
+    masks = voc / MASK_DIRS.get(split, "SegmentationClass")
+    if not masks.is_dir():
+        raise FileNotFoundError(f"incomplete VOC tree: missing {masks}{hint}")
     return voc
+
+
+def _split_paths(root: Path, voc: Path, split: str, year: str) -> tuple[list[str], list[str]]:
+    """The image and mask paths of a split: torchvision's list for the splits VOC ships, the
+    split file and its mask folder (:data:`MASK_DIRS`) for the others."""
+    if split in STANDARD_SPLITS:
+        tv = VOCSegmentation(str(root), year=year, image_set=split, download=False)
+        return list(tv.images), list(tv.masks)
+    names = (voc / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+    masks = voc / MASK_DIRS.get(split, "SegmentationClass")
+    return ([str(voc / "JPEGImages" / f"{n}.jpg") for n in names],
+            [str(masks / f"{n}.png") for n in names])
 
 
 def class_lut(classes: Sequence[str] | None, others: str = "background") -> tuple[torch.Tensor, tuple[str, ...]]:
@@ -138,7 +159,8 @@ class VOCSegmentationDataset(torch.utils.data.Dataset):
 
     Args:
         root: the folder that contains ``VOCdevkit``.
-        split: ``"train"``, ``"val"`` or ``"trainval"``.
+        split: ``"train"``, ``"val"``, ``"trainval"``, or ``"train_aug"`` (10,582 images with
+            SBD's masks, built by ``python -m minseg data sbd``; :mod:`minseg.data.sbd`).
         classes: optional subset of VOC class names (see :func:`class_lut`).
         others: what the other classes become: ``"background"`` or ``"ignore"``.
         limit: keep at most this many images (the first ones of the split, after filtering).
@@ -153,14 +175,14 @@ class VOCSegmentationDataset(torch.utils.data.Dataset):
         self.voc_dir = check_voc_tree(root, split, year)
         self.root = Path(root)
         self.split = split
-        self._tv = VOCSegmentation(str(root), year=year, image_set=split, download=False)
+        self._images, self._masks = _split_paths(self.root, self.voc_dir, split, year)
         self.lut, self.classes = class_lut(classes, others)
         self.voc_ids = tuple(VOC_CLASSES.index(c) for c in self.classes)
-        names = [Path(p).stem for p in self._tv.images]
+        names = [Path(p).stem for p in self._images]
         keep = range(len(names))
         if classes is not None and only_with_classes:
             wanted = set(self.voc_ids[1:])
-            keep = [i for i in keep if wanted & set(read_mask(self._tv.masks[i]).unique().tolist())]
+            keep = [i for i in keep if wanted & set(read_mask(self._masks[i]).unique().tolist())]
         keep = list(keep)[:limit] if limit is not None else list(keep)
         if not keep:
             raise ValueError(f"no images left in {self.voc_dir} split {split!r} "
@@ -180,10 +202,10 @@ class VOCSegmentationDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def image_path(self, i: int) -> Path:
-        return Path(self._tv.images[self.indices[i]])
+        return Path(self._images[self.indices[i]])
 
     def mask_path(self, i: int) -> Path:
-        return Path(self._tv.masks[self.indices[i]])
+        return Path(self._masks[self.indices[i]])
 
     def instance_path(self, i: int) -> Path:
         return self.voc_dir / "SegmentationObject" / f"{self.names[i]}.png"
