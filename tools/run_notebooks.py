@@ -86,7 +86,8 @@ def run_metadata(wall_s: float, status: str, executor: str = "tools/run_notebook
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds // 60:.0f}:{seconds % 60:02.0f}"
+    s = round(seconds)   # round first: 59.6 s is 1:00, not 0:60
+    return f"{s // 60}:{s % 60:02d}"
 
 
 def _read_times(path: Path) -> dict[str, tuple[float, float, str]]:
