@@ -13,7 +13,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 
 class DownloadError(RuntimeError):
@@ -97,6 +97,39 @@ def extract_tar(archive: str | os.PathLike, root: str | os.PathLike) -> None:
                 if not (base / m.name).resolve().is_relative_to(base):
                     raise DownloadError(f"unsafe path in archive: {m.name}")
             tar.extractall(root)
+
+
+def fetch_dataset(root: str | os.PathLike, info: dict, check: Callable[[Path], object], *,
+                  urls: Sequence[str] | None = None, keep_archive: bool = False,
+                  progress: bool = True, page: str | None = None) -> Path:
+    """Make sure the dataset of ``info`` (``filename``, ``md5``, ``size_gb``, ``urls``) is
+    extracted in ``root``; ``check(root)`` raises ``FileNotFoundError`` while it is not.
+
+    An extracted tree is kept as it is. Otherwise the archive is downloaded (:func:`download`:
+    mirrors in turn, md5, resume), extracted and removed (unless ``keep_archive``), and the tree
+    checked again. Offline, the :class:`DownloadError` says where to put the archive by hand
+    (``page``: where a browser can get it). Returns ``root``.
+    """
+    root = Path(root)
+    try:
+        check(root)
+        return root  # already downloaded and extracted
+    except FileNotFoundError:
+        pass
+    archive = root / info["filename"]
+    try:
+        download(urls or info["urls"], archive, info["md5"], progress=progress)
+    except DownloadError as e:
+        where = f" from {page}" if page else ""
+        raise DownloadError(
+            f"{e}\nOffline or blocked? Download {info['filename']} ({info['size_gb']} GB, md5 "
+            f"{info['md5']}){where} on another machine and put it at {archive}, then run this "
+            f"command again: it verifies the file and extracts it.") from None
+    extract_tar(archive, root)
+    if not keep_archive:
+        archive.unlink()
+    check(root)
+    return root
 
 
 def free_space_gb(path: str | os.PathLike) -> float:

@@ -87,28 +87,11 @@ def download_sbd(root: str | os.PathLike, *, urls: Sequence[str] | None = None,
     tried in turn, the md5 is verified, a partial file is resumed and a corrupt one removed.
     Offline, the error says where to put ``benchmark.tgz`` by hand.
     """
-    from minseg.data.download import DownloadError, download, extract_tar
+    from minseg.data.download import fetch_dataset
 
-    root = Path(root)
-    try:
-        check_sbd_tree(root)
-        return root  # already downloaded and extracted
-    except FileNotFoundError:
-        pass
-    archive = root / SBD["filename"]
-    try:
-        download(urls or SBD["urls"], archive, SBD["md5"], progress=progress)
-    except DownloadError as e:
-        raise DownloadError(
-            f"{e}\nOffline or blocked? Download {SBD['filename']} ({SBD['size_gb']} GB, md5 "
-            f"{SBD['md5']}) from http://home.bharathh.info/pubs/codes/SBD/download.html on "
-            f"another machine and put it at {archive}, then run this command again: it verifies "
-            f"the file and extracts it.") from None
-    extract_tar(archive, root)
-    if not keep_archive:
-        archive.unlink()
-    check_sbd_tree(root)
-    return root
+    return fetch_dataset(root, SBD, check_sbd_tree, urls=urls, keep_archive=keep_archive,
+                         progress=progress,
+                         page="http://home.bharathh.info/pubs/codes/SBD/download.html")
 
 
 # --------------------------------------------------------------------------- reading SBD masks

@@ -257,28 +257,10 @@ def download_voc(root: str | os.PathLike, *, urls: Sequence[str] | None = None,
     that torchvision also checks, resumes partial downloads and removes a corrupt archive.
     Offline, the error says where to put the tar by hand. Returns ``root``.
     """
-    from minseg.data.download import DownloadError, download, extract_tar
+    from minseg.data.download import fetch_dataset
 
-    root = Path(root)
-    try:
-        check_voc_tree(root, "val")
-        return root  # already downloaded and extracted
-    except FileNotFoundError:
-        pass
-    info = VOC2012_TRAINVAL
-    archive = root / info["filename"]
-    try:
-        download(urls or info["urls"], archive, info["md5"], progress=progress)
-    except DownloadError as e:
-        raise DownloadError(
-            f"{e}\nOffline or blocked? Download {info['filename']} ({info['size_gb']} GB, md5 "
-            f"{info['md5']}) on another machine and put it at {archive}, then run this command "
-            f"again: it verifies the file and extracts it.") from None
-    extract_tar(archive, root)
-    if not keep_archive:
-        archive.unlink()
-    check_voc_tree(root, "val")
-    return root
+    return fetch_dataset(root, VOC2012_TRAINVAL, lambda r: check_voc_tree(r, "val"), urls=urls,
+                         keep_archive=keep_archive, progress=progress)
 
 
 def find_voc(root: str | os.PathLike | None = None) -> Path | None:
