@@ -11,15 +11,18 @@ For each model it times, in one run and on the same machine:
   (split decoded once, whole batches augmented with one ``grid_sample``), then the same step.
 
 Training images per second for each, and the ratios tensors / per-sample and tensors / model
-only (1.0 would mean the data costs nothing). Run it on an idle machine; the load average is
-printed next to every row.
+only (1.0 would mean the data costs nothing). The three are measured in interleaved rounds
+(model only, per-sample, tensors, then again), so that a drift in the machine's speed touches
+all three alike; the table gives the median over rounds and, for the ratios, the range of the
+per-round values. Run it on an idle machine; the load average is printed next to every row.
 
     python bench/throughput.py                      # U-Net and Fast-SCNN, cpu profile, 96 px
-    python bench/throughput.py --models unet --steps 20
+    python bench/throughput.py --models unet --steps 20 --rounds 5
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -66,7 +69,8 @@ def forever(loader):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="unet,fastscnn")
-    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per model")
     args = p.parse_args(argv)
     cfg = profile("cpu")
     root = make_synthetic_voc(num_train=cfg.num_train, num_val=cfg.num_val,
@@ -77,25 +81,39 @@ def main(argv=None) -> int:
                             batch_size=cfg.batch_size, shuffle=True, drop_last=True)
     fixed = next(iter(tensor_train))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cfg.image_size} px, "
-          f"batch {cfg.batch_size}, width {cfg.width}, {args.steps} timed steps each", flush=True)
+          f"batch {cfg.batch_size}, width {cfg.width}, {args.rounds} rounds of {args.steps} timed "
+          f"steps each", flush=True)
     rows = []
     for name in args.models.split(","):
         seed_everything(0)
         model = build_model(name, 21, width=cfg.width)
-        only = images_per_s(model, iter(lambda: fixed, None), args.steps)
-        load_a = _load()
-        old = images_per_s(model, forever(per_sample), args.steps)
-        load_b = _load()
-        new = images_per_s(model, forever(tensor_train), args.steps)
-        rows.append((name, only, old, new, f"{load_a}/{load_b}/{_load()}"))
-        print(f"  {name}: model only {only:.1f}, per-sample {old:.1f}, tensors {new:.1f} img/s",
-              flush=True)
+        sources = {"only": lambda: iter(lambda: fixed, None), "old": lambda: forever(per_sample),
+                   "new": lambda: forever(tensor_train)}
+        runs = {k: [] for k in sources}
+        loads = [_load()]
+        for r in range(args.rounds):
+            for k, make in sources.items():
+                runs[k].append(images_per_s(model, make(), args.steps))
+            loads.append(_load())
+            print(f"  {name} round {r + 1}: model only {runs['only'][-1]:.1f}, per-sample "
+                  f"{runs['old'][-1]:.1f}, tensors {runs['new'][-1]:.1f} img/s (load {loads[-1]})",
+                  flush=True)
+        vs_old = [n / o for n, o in zip(runs["new"], runs["old"])]
+        vs_only = [n / o for n, o in zip(runs["new"], runs["only"])]
+        rows.append((name, *(statistics.median(runs[k]) for k in sources), vs_old, vs_only,
+                     f"{min(loads)}-{max(loads)}"))
+
+    def ratio(vals):
+        return f"{statistics.median(vals):.2f} ({min(vals):.2f}-{max(vals):.2f})"
+
     print("\n| model | model only (img/s) | per-sample DataLoader | decoded tensors | "
           "tensors / per-sample | tensors / model only | load (1 min) |\n"
           "|---|---:|---:|---:|---:|---:|---|")
-    for name, only, old, new, load in rows:
-        print(f"| {name} | {only:.1f} | {old:.1f} | {new:.1f} | {new / old:.2f}x | "
-              f"{new / only:.2f} | {load} |")
+    for name, only, old, new, vs_old, vs_only, load in rows:
+        print(f"| {name} | {only:.1f} | {old:.1f} | {new:.1f} | {ratio(vs_old)} | "
+              f"{ratio(vs_only)} | {load} |")
+    print(f"\nimages/s: median over {args.rounds} rounds; ratios: median (range) of the per-round "
+          f"ratios")
     return 0
 
 
