@@ -231,8 +231,8 @@ def decoded_split(root: str | os.PathLike, split: str = "train", *, size: int,
         root, split, classes, others, limit, only_with_classes: as for
             :class:`minseg.data.VOCSegmentationDataset`, which does the reading.
         size: side ``S`` of the stored square images.
-        fit: ``"pad"`` or ``"crop"`` (see the module docstring); default ``"pad"`` for the
-            train split and ``"crop"`` for the others.
+        fit: ``"pad"`` or ``"crop"`` (see the module docstring); default ``"crop"`` for the
+            val split and ``"pad"`` for the training splits (``train``, ``train_aug``).
         cache_dir: where cache files live (default :func:`default_cache_dir`).
         use_cache: ``False`` decodes in memory without reading or writing a cache file.
     """
