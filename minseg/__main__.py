@@ -199,7 +199,7 @@ def cmd_demo(args) -> int:
 def cmd_train(args) -> int:
     from minseg.config import profile, seed_everything
     from minseg.models import build_model, count_parameters
-    from minseg.models.weights import starting_point
+    from minseg.models.weights import FINETUNE_LR, starting_point
     from minseg.train import fit
 
     cfg = profile(args.profile)
@@ -212,13 +212,11 @@ def cmd_train(args) -> int:
     seed_everything(args.seed)
     kwargs = args.model_kwargs or {}
     kwargs.setdefault("width", cfg.width)
-    lr = args.lr
     if "backbone" not in kwargs and "pretrained" not in kwargs:
         # the profile's policy (ImageNet weights on gpu when present); explicit kwargs win
-        start = starting_point(cfg, args.model)
-        kwargs.update(start.kwargs)
-        lr = lr if lr is not None else start.lr(TRAIN_LR)
-    lr = lr if lr is not None else TRAIN_LR
+        kwargs.update(starting_point(cfg, args.model).kwargs)
+    # fine-tune pretrained weights gently, whoever asked for them; an explicit --lr wins
+    lr = args.lr if args.lr is not None else (FINETUNE_LR if kwargs.get("pretrained") else TRAIN_LR)
     model = build_model(args.model, num_classes, **kwargs)
     print(f"model {args.model} ({count_parameters(model) / 1e6:.2f} M parameters), "
           f"{num_classes} classes: {', '.join(train_loader.dataset.classes)}; lr {lr:g}")
@@ -251,13 +249,14 @@ def cmd_eval(args) -> int:
         from torch.utils.data import DataLoader
 
         from minseg.data import VOCSegmentationDataset, eval_transforms
+        from minseg.infer import default_stride
 
         base = val_loader.dataset.source if hasattr(val_loader.dataset, "source") else val_loader.dataset
         full = VOCSegmentationDataset(base.root, "val", classes=subset,   # the whole split
                                       transforms=eval_transforms(None))
         val_loader = DataLoader(full, batch_size=1, shuffle=False)
         setting = ("full resolution, " + (f"sliding window {args.window} px (stride "
-                   f"{args.stride or (2 * args.window) // 3})" if args.window else "whole image"))
+                   f"{args.stride or default_stride(args.window)})" if args.window else "whole image"))
     else:
         setting = f"resized and centre-cropped to {cfg.image_size} px"
     res = evaluate(model, val_loader, val_loader.dataset.num_classes, device=cfg.device,
@@ -346,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
     p.add_argument("--lr", type=float, default=None,
                    help=f"learning rate (default: {TRAIN_LR:g} from scratch; "
-                        f"minseg.models.weights.FINETUNE_LR when the gpu profile starts the "
-                        f"encoder from ImageNet weights)")
+                        f"minseg.models.weights.FINETUNE_LR when the encoder starts from "
+                        f"ImageNet weights)")
     p.add_argument("--schedule", choices=("poly", "cosine", "constant"), default="poly")
     p.add_argument("--budget", type=float, default=None,
                    help="safety cap: stop after this many seconds even if steps remain")

@@ -44,6 +44,11 @@ def _check_scales(scales: Sequence[float]) -> tuple[float, ...]:
     return scales
 
 
+def default_stride(window: int) -> int:
+    """The step between sliding-window crops when none is given: two thirds of the window."""
+    return max(1, (2 * window) // 3)
+
+
 def sliding_logits(model: nn.Module, x: torch.Tensor, window: int, stride: int | None = None
                    ) -> torch.Tensor:
     """Logits ``N,C,H,W`` of ``model`` run on ``window x window`` crops of ``x`` every
@@ -57,7 +62,7 @@ def sliding_logits(model: nn.Module, x: torch.Tensor, window: int, stride: int |
     """
     if window < 1 or (stride is not None and not 1 <= stride <= window):
         raise ValueError(f"need window >= 1 and 1 <= stride <= window, got {window}, {stride}")
-    stride = stride or max(1, (2 * window) // 3)
+    stride = stride or default_stride(window)
     H, W = x.shape[-2:]
     xp = F.pad(x, (0, max(0, window - W), 0, max(0, window - H)))   # left, right, top, bottom
     Hp, Wp = xp.shape[-2:]

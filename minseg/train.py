@@ -19,8 +19,9 @@ with a ``GradScaler``), the loss is computed in float32 on the logits, gradients
 then poly or cosine decay) and the optimizer steps.
 
 **Budgets are steps.** A run lasts ``max_steps`` optimizer steps (or ``epochs``), so the same
-seed gives the same history on any machine of the same kind: bitwise on the CPU for a given torch
-version, thread count and instruction set (AVX2 and AVX512 kernels round differently). ``time_budget_s`` is only a safety cap; a run it cuts short says so (a warning,
+seed gives the same history on any machine of the same kind: bitwise on the CPU for a given
+torch version, thread count and instruction set (AVX2 and AVX512 kernels round differently).
+``time_budget_s`` is only a safety cap; a run it cuts short says so (a warning,
 ``history.stop_reason == "time_budget"``, ``history.cut_short``).
 
 **Determinism.** ``fit`` seeds the global RNGs with ``seed`` (``seed + rank`` under DDP: dropout

@@ -130,3 +130,6 @@ def test_train_command_follows_the_policy(hub, monkeypatch, tmp_path, capsys):
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "trains from scratch: MINSEG_PRETRAINED=0" in out and "lr 0.003" in out
+    # weights asked for explicitly are fine-tuned gently too
+    assert cli.main(args + ["--model-kwargs", '{"backbone": "resnet18", "pretrained": true}']) == 0
+    assert f"lr {W.FINETUNE_LR:g}" in capsys.readouterr().out

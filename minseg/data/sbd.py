@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from minseg.data.voc import NUM_VOC_CLASSES, VOC_PALETTE, check_voc_tree
+from minseg.data.voc import MASK_DIRS, NUM_VOC_CLASSES, VOC_PALETTE, check_voc_tree
 
 __all__ = ["SBD", "TRAIN_AUG_SIZE", "check_sbd_tree", "check_voc_for_sbd", "download_sbd",
            "make_train_aug", "read_sbd_mask"]
@@ -48,7 +48,6 @@ TRAIN_AUG_SIZE = 10582
 SBD_SPLIT_SIZES = {"train": 8498, "val": 2857}
 """Names in SBD's own ``train.txt`` / ``val.txt``: how :func:`make_train_aug` tells real data."""
 AUG_SPLIT = "train_aug"
-AUG_MASKS = "SegmentationClassAug"
 
 
 def _fix(root: str | os.PathLike) -> str:
@@ -191,7 +190,7 @@ def make_train_aug(voc_root: str | os.PathLike, sbd_root: str | os.PathLike, *,
     names = sorted(wanted & have_jpeg)
     skipped = sorted(wanted - have_jpeg)
 
-    out = voc / AUG_MASKS
+    out = voc / MASK_DIRS[AUG_SPLIT]
     out.mkdir(exist_ok=True)
     from_voc = 0
     it = names
