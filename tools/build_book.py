@@ -85,7 +85,11 @@ def first_error(nb) -> tuple[int, str] | None:
 def _minutes(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+    if str(ROOT / "tools") not in sys.path:   # run_notebooks owns the format of run times
+        sys.path.insert(0, str(ROOT / "tools"))
+    from run_notebooks import minutes
+
+    return minutes(seconds)
 
 
 def _count(n: int, unit: str) -> str:
@@ -117,6 +121,7 @@ def run_card(meta: dict, rows: list[dict], source: Path, profile: str) -> str:
     if meta.get("executed"):
         facts.append(f"executed {meta['executed']}"
                      + (f" with torch {meta['torch']}, {meta.get('threads', '?')} threads"
+                        + (f" on {meta['cpu']}" if meta.get("cpu") else "")
                         if meta.get("torch") else ""))
     lines = [":::{admonition} How this page was made", f":class: {RUN_CARD_CLASS}", "",
              " · ".join(facts) + ".",

@@ -85,7 +85,8 @@ def run_metadata(wall_s: float, status: str, executor: str = "tools/run_notebook
             "threads": torch.get_num_threads(), "cpu": cpu_description()}
 
 
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
+    """``m:ss`` of a duration (the book's run cards use it too)."""
     s = round(seconds)   # round first: 59.6 s is 1:00, not 0:60
     return f"{s // 60}:{s % 60:02d}"
 
@@ -139,9 +140,9 @@ def evidence_table(ev_dir: Path, times: dict[str, float], profile: str, loads: l
             cell = lambda x: str(x).replace("|", "/").replace("\n", " ")  # noqa: E731
             lines.append(f"| {stem} | {cell(r['claim'])} | {cell(r.get('comparison', ''))} | "
                          f"{cell(evidence_effect(r) if 'lesson' in r else '')} | "
-                         f"{r['status']} | {r.get('steps') or ''} | {_minutes(times[stem])} |")
+                         f"{r['status']} | {r.get('steps') or ''} | {minutes(times[stem])} |")
     lines += ["", f"{good} of {lessons} lessons confirm every claim they make (or pass their "
-                  f"exact check); all {lessons} ran in {_minutes(sum(times.values()))}.", ""]
+                  f"exact check); all {lessons} ran in {minutes(sum(times.values()))}.", ""]
     return "\n".join(lines)
 
 
@@ -179,11 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         times[path.stem] = elapsed
         load = load_average()
         loads.append(load)
-        lines.append(f"| {path.stem} | {elapsed // 60:.0f}:{elapsed % 60:02.0f} | {load:.2f} | "
-                     f"{status} |")
+        lines.append(f"| {path.stem} | {minutes(elapsed)} | {load:.2f} | {status} |")
         print(lines[-1], flush=True)
         (out / "times.md").write_text("\n".join(lines) + "\n")
-    lines.append(f"| all {len(paths)} | {total // 60:.0f}:{total % 60:02.0f} | | |")
+    lines.append(f"| all {len(paths)} | {minutes(total)} | | |")
     (out / "times.md").write_text("\n".join(lines) + "\n")
     print(lines[-1])
     rerun = sorted(times)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             if stem not in times:
                 times[stem] = seconds
                 loads.append(load)
-                lines.insert(-1, f"| {stem} | {_minutes(seconds)} | {load:.2f} | {status} |")
+                lines.insert(-1, f"| {stem} | {minutes(seconds)} | {load:.2f} | {status} |")
         lines[2:-1] = sorted(lines[2:-1])
         (out / "times.md").write_text("\n".join(lines) + "\n")
     table = evidence_table(ev_dir, times, args.profile, loads,
